@@ -1,0 +1,54 @@
+"""Run nbgrader commands with the course configuration (grader/nbgrader_config.py)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from grader.assignments import ROOT
+
+GRADER_DIR = ROOT / "grader"
+
+
+def nbgrader_env() -> dict:
+    """Environment for nbgrader and the kernels it starts.
+
+    - JUPYTER_CONFIG_PATH makes nbgrader load grader/nbgrader_config.py;
+    - PYTHONPATH lets hidden test cells `import grader.checks` and nbgrader load our preprocessors;
+    - the interpreter's bin/ goes first on PATH because nbgrader shells out to `alembic`.
+    """
+    env = dict(os.environ)
+    env["JUPYTER_CONFIG_PATH"] = os.pathsep.join(filter(None, [str(GRADER_DIR), env.get("JUPYTER_CONFIG_PATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.setdefault("PYTHONHASHSEED", "0")
+    # Graded checks run on CPU whatever the grading machine has (CURRICULUM.md, Time rule).
+    env["DEEPDIVE_DEVICE"] = "cpu"
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    return env
+
+
+def nbgrader(*args: str, root: Path, db: Path, timeout: float | None = None, log=None) -> subprocess.CompletedProcess:
+    """`nbgrader <args>` on the course root `root` with gradebook `db`; output captured.
+
+    Runs in its own process group so that a wall-clock timeout also kills the kernel it started.
+    Raises subprocess.TimeoutExpired after killing the group.
+    """
+    cmd = [
+        sys.executable, "-m", "nbgrader", *args,
+        f"--CourseDirectory.root={root}",
+        f"--CourseDirectory.db_url=sqlite:///{db}",
+    ]
+    proc = subprocess.Popen(
+        cmd, cwd=root, env=nbgrader_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, start_new_session=True,
+    )
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.communicate()
+        raise
+    if log is not None:
+        log.write(f"$ {' '.join(cmd)}\n{out}\n")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, "")

@@ -1,0 +1,40 @@
+"""nbgrader configuration for Transformer Deep Dive.
+
+Loaded by every nbgrader command that `grader/build.py` and `grader/grade.py` run (they put
+this folder on JUPYTER_CONFIG_PATH). An instructor can use the nbgrader CLI directly with
+    JUPYTER_CONFIG_PATH=grader nbgrader <command> ...
+from the repository root. `grader.grade` overrides the course root, gradebook and timeouts
+on the command line for each grading run.
+"""
+
+c = get_config()  # noqa: F821 (provided by traitlets when nbgrader loads this file)
+
+c.CourseDirectory.course_id = "transformer-deep-dive"
+c.CourseDirectory.source_directory = "solutions"  # instructor notebooks
+c.CourseDirectory.release_directory = "course"  # student notebooks (committed)
+c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedback", ".DS_Store"]
+
+c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
+
+# A learner who deletes or empties a test cell still gets it graded: autograding restores it
+# from the gradebook (emptied cells are overwritten by OverwriteCells in any case).
+c.OverwriteCells.add_missing_cells = True
+c.Autograde.create_student = True
+
+# Execution limits; grader.grade sets the per-cell timeout from the module's time budget.
+c.Execute.timeout = 120
+c.Execute.interrupt_on_timeout = True
+c.Execute.execute_retries = 0
+
+# Warnings on stderr must not fail a test cell; huge prints are capped in bytes.
+c.Autograde.autograde_preprocessors = [
+    "nbgrader.preprocessors.Execute",
+    "grader.preprocessors.StderrAsText",
+    "grader.preprocessors.CapOutputBytes",
+    "nbconvert.preprocessors.ClearMetadataPreprocessor",
+    "nbgrader.preprocessors.LimitOutput",
+    "nbgrader.preprocessors.SaveAutoGrades",
+    "nbgrader.preprocessors.AssignLatePenalties",
+    "nbgrader.preprocessors.CheckCellMetadata",
+]
+c.CapOutputBytes.max_bytes = 100_000

@@ -1,0 +1,60 @@
+"""nbgrader preprocessors the course adds to autograding (see grader/nbgrader_config.py)."""
+
+from nbgrader.preprocessors import NbGraderPreprocessor
+from traitlets import Integer
+
+
+class StderrAsText(NbGraderPreprocessor):
+    """Keep stderr text, but stop it from failing a test cell.
+
+    nbgrader scores a test cell that wrote anything to stderr as failed. torch and transformers
+    print warnings there (deprecations, thread settings, ...), which would cost a correct
+    answer its points. Only an exception (an `error` output) should fail a test, so stderr is
+    relabelled as stdout with a visible prefix: nothing is lost from the feedback.
+    """
+
+    def preprocess_cell(self, cell, resources, cell_index):
+        if cell.cell_type == "code":
+            for output in cell.outputs:
+                if output.output_type == "stream" and output.name == "stderr":
+                    output.name = "stdout"
+                    output.text = "".join(f"[stderr] {line}" for line in output.text.splitlines(keepends=True))
+        return cell, resources
+
+
+class CapOutputBytes(NbGraderPreprocessor):
+    """Cap the bytes each cell keeps in its outputs (a 50 MB print must not make a 50 MB
+    notebook and feedback page). Text is cut with a note; large rich outputs are dropped."""
+
+    max_bytes = Integer(100_000, help="Bytes of output kept per cell").tag(config=True)
+
+    def preprocess_cell(self, cell, resources, cell_index):
+        if cell.cell_type != "code":
+            return cell, resources
+        budget = self.max_bytes
+        kept = []
+        for output in cell.outputs:
+            size = _size(output)
+            if size <= budget:
+                kept.append(output)
+                budget -= size
+                continue
+            if output.output_type == "stream":
+                output.text = output.text[: max(budget, 0)] + (
+                    f"\n... [output truncated by the grader: {size:,} bytes, {self.max_bytes:,} kept per cell]\n"
+                )
+                kept.append(output)
+            elif output.output_type == "error":
+                output.traceback = output.traceback[-3:]
+                kept.append(output)
+            budget = 0
+        cell.outputs = kept
+        return cell, resources
+
+
+def _size(output) -> int:
+    if output.output_type == "stream":
+        return len(output.text.encode("utf-8", "replace"))
+    if output.output_type == "error":
+        return sum(len(line) for line in output.traceback)
+    return sum(len(str(v)) for v in output.get("data", {}).values())

@@ -1,0 +1,124 @@
+"""The student release: regenerated from solutions/, free of solutions and hidden tests, and
+the zips carry what each audience needs."""
+
+import os
+import re
+import subprocess
+import zipfile
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from grader import build
+from grader.assignments import COURSE, ROOT, assignment_ids, solution_notebook
+
+MARKERS = re.compile(r"BEGIN SOLUTION|END SOLUTION|BEGIN HIDDEN TESTS|END HIDDEN TESTS")
+
+
+def solution_lines(aid: str) -> set[str]:
+    """Distinctive lines of the reference: inside solution regions and hidden-test regions."""
+    nb = nbformat.read(solution_notebook(aid), as_version=4)
+    lines = set()
+    for cell in nb.cells:
+        for begin, end in (("### BEGIN SOLUTION", "### END SOLUTION"), ("### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS")):
+            for block in re.findall(re.escape(begin) + r"(.*?)" + re.escape(end), cell.source, re.S):
+                for line in block.splitlines():
+                    line = line.strip()
+                    # short or generic lines ("return out", "pass") say nothing about the answer
+                    if len(line) >= 24 and not line.startswith("#"):
+                        lines.add(line)
+    return lines
+
+
+def all_solution_lines() -> set[str]:
+    return set().union(*(solution_lines(aid) for aid in assignment_ids()))
+
+
+@pytest.fixture(scope="module")
+def regenerated(tmp_path_factory):
+    dest = tmp_path_factory.mktemp("course")
+    build.generate_release(dest)
+    return dest
+
+
+@pytest.fixture(scope="module")
+def zips(tmp_path_factory):
+    return build.build_release(tmp_path_factory.mktemp("dist"))
+
+
+def test_every_assignment_has_a_student_notebook():
+    assert assignment_ids(), "no assignments found in solutions/"
+    for aid in assignment_ids():
+        assert (COURSE / aid / f"{aid}.ipynb").exists(), f"course/{aid} missing: run `make student`"
+
+
+def test_course_is_exactly_what_make_student_generates(regenerated):
+    for aid in assignment_ids():
+        fresh = sorted(p.relative_to(regenerated / aid) for p in (regenerated / aid).rglob("*") if p.is_file())
+        committed = sorted(p.relative_to(COURSE / aid) for p in (COURSE / aid).rglob("*") if p.is_file())
+        assert fresh == committed, f"course/{aid} has other files than solutions/ generates: run `make student`"
+        for rel in fresh:
+            assert (regenerated / aid / rel).read_bytes() == (COURSE / aid / rel).read_bytes(), (
+                f"course/{aid}/{rel} differs from what solutions/ generates: run `make student` and commit"
+            )
+
+
+@pytest.mark.skipif(os.environ.get("CI") != "true", reason="CI only: `make` has just regenerated course/")
+def test_committed_course_is_up_to_date():
+    """In CI `make` regenerates course/ before the tests, so drift shows up as an uncommitted change."""
+    status = subprocess.run(["git", "status", "--porcelain", "--", "course"], cwd=ROOT, capture_output=True, text=True)
+    assert status.returncode == 0 and status.stdout == "", f"course/ is stale in the commit:\n{status.stdout}"
+
+
+def test_course_has_no_solution_code_and_no_hidden_tests():
+    secret = all_solution_lines()
+    assert secret, "found no solution lines to look for"
+    for path in COURSE.rglob("*"):
+        if path.is_file():
+            text = path.read_text(errors="replace")
+            assert not MARKERS.search(text), f"{path} contains a solution or hidden-test marker"
+            leaked = [line for line in secret if line in text]
+            assert not leaked, f"{path} contains solution lines: {leaked[:3]}"
+
+
+def test_student_zip_has_what_a_learner_needs_and_nothing_secret(zips):
+    student, _ = zips
+    secret = all_solution_lines()
+    with zipfile.ZipFile(student) as zf:
+        names = zf.namelist()
+        rel = {n.split("/", 1)[1] for n in names}
+        for aid in assignment_ids():
+            assert f"course/{aid}/{aid}.ipynb" in rel
+        assert {"README.md", "pyproject.toml", "environment.yml", "deepdive/__init__.py"} <= rel
+        assert any(n.startswith("data/") and n.endswith(".py") for n in rel), "data scripts missing"
+        assert not any(n.startswith(("solutions/", "grader/", "tests/")) for n in rel)
+        for name in names:
+            text = zf.read(name).decode("utf-8", errors="replace")
+            assert not MARKERS.search(text), f"{name} in the student zip has a solution/hidden-test marker"
+            leaked = [line for line in secret if line in text]
+            assert not leaked, f"{name} in the student zip contains solution lines: {leaked[:3]}"
+
+
+def test_instructor_zip_can_grade(zips):
+    _, instructor = zips
+    with zipfile.ZipFile(instructor) as zf:
+        rel = {n.split("/", 1)[1] for n in zf.namelist()}
+    needed = {"Makefile", "pyproject.toml", "README.md", "grader/grade.py", "grader/nbgrader_config.py"}
+    needed |= {f"solutions/{aid}/{aid}.ipynb" for aid in assignment_ids()}
+    assert needed <= rel, f"instructor zip lacks {sorted(needed - rel)}"
+
+
+def test_zips_are_reproducible(zips, tmp_path):
+    again = build.build_release(tmp_path)
+    for first, second in zip(zips, again):
+        assert Path(first).read_bytes() == Path(second).read_bytes(), f"{first.name} differs between two builds"
+
+
+def test_notebooks_are_stored_without_outputs():
+    for folder in ("solutions", "course"):
+        for path in (ROOT / folder).rglob("*.ipynb"):
+            nb = nbformat.read(path, as_version=4)
+            for cell in nb.cells:
+                if cell.cell_type == "code":
+                    assert not cell.outputs and cell.execution_count is None, f"{path}: strip outputs (nbstripout)"

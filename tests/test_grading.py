@@ -1,0 +1,252 @@
+"""`make grade` end to end: the reference gets full marks, the released stubs fail every graded
+test, and bad submissions each get their own honest row without disturbing the batch."""
+
+import copy
+import csv
+import hashlib
+import json
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from grader.assignments import ROOT, assignment_ids, course_notebook, solution_notebook
+
+pytestmark = pytest.mark.slow
+ADVERSARIAL_AID = "02_attention"  # the quickest module: the batch below grades it ten times
+
+
+def read_csv(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def tree_digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        h.update(str(p.relative_to(folder)).encode())
+        if p.is_file():
+            h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def gid(cell):
+    return cell.metadata.get("nbgrader", {}).get("grade_id")
+
+
+def perfect_submission(aid: str):
+    """What a learner who solved everything hands in: the release with solution cells filled in."""
+    reference = {gid(c): c.source for c in nbformat.read(solution_notebook(aid), as_version=4).cells if gid(c)}
+    nb = nbformat.read(course_notebook(aid), as_version=4)
+    for cell in nb.cells:
+        if cell.metadata.get("nbgrader", {}).get("solution"):
+            cell.source = reference[gid(cell)]
+    return nb
+
+
+def put(root: Path, student: str, aid: str, nb=None, raw: str | None = None) -> None:
+    folder = root / student / aid
+    folder.mkdir(parents=True, exist_ok=True)
+    if raw is not None:
+        (folder / f"{aid}.ipynb").write_text(raw)
+    elif nb is not None:
+        nbformat.write(nb, folder / f"{aid}.ipynb")
+
+
+def run_grade(submissions: Path, out: Path, *extra: str, via_make: bool = False) -> subprocess.CompletedProcess:
+    if via_make:
+        cmd = ["make", "--no-print-directory", "grade", f"SUBMISSIONS={submissions}", f"OUT={out}"]
+    else:
+        cmd = [sys.executable, "-m", "grader.grade", str(submissions), str(out), *extra]
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    print(result.stdout[-2000:])
+    assert result.returncode == 0, f"grading exited {result.returncode}:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    return result
+
+
+# ----------------------------------------------------------------------------- reference and stubs
+
+@pytest.fixture(scope="module")
+def reference_and_stubs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("grading")
+    subs = base / "submitted"
+    for aid in assignment_ids():
+        put(subs, "reference", aid, nbformat.read(solution_notebook(aid), as_version=4))
+        put(subs, "stubs", aid, nbformat.read(course_notebook(aid), as_version=4))
+    before = tree_digest(subs)
+    run_grade(subs, base / "out", via_make=True)
+    return base, subs, before
+
+
+def test_reference_gets_full_marks(reference_and_stubs):
+    base, _, _ = reference_and_stubs
+    rows = [r for r in read_csv(base / "out" / "grades.csv") if r["student_id"] == "reference"]
+    assert {r["assignment"] for r in rows} == set(assignment_ids())
+    for r in rows:
+        assert r["status"] == "graded" and float(r["score"]) == float(r["max_score"]) > 0, r
+
+
+def test_stubs_fail_every_graded_test(reference_and_stubs):
+    base, _, _ = reference_and_stubs
+    cells = [r for r in read_csv(base / "out" / "cell_grades.csv") if r["student_id"] == "stubs"]
+    assert cells
+    passed = [f"{r['assignment']}:{r['grade_id']}" for r in cells if float(r["score"]) > 0]
+    assert not passed, f"these graded tests pass on the released stubs: {passed}"
+
+
+def test_outputs_feedback_and_plot(reference_and_stubs):
+    base, _, _ = reference_and_stubs
+    out = base / "out"
+    for r in read_csv(out / "grades.csv"):
+        page = out / "feedback" / r["student_id"] / r["assignment"] / f"{r['assignment']}.html"
+        assert page.exists() and page.stat().st_size > 1000, f"no feedback page {page}"
+    assert (out / "score_distribution.png").stat().st_size > 5000
+    assert set(read_csv(out / "cell_grades.csv")[0]) == {"student_id", "assignment", "grade_id", "score", "max_score"}
+
+
+def test_input_is_untouched_and_a_zip_regrades_identically(reference_and_stubs):
+    base, subs, before = reference_and_stubs
+    assert tree_digest(subs) == before, "grading modified the submissions folder"
+    archive = base / "submissions.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in sorted(subs.rglob("*.ipynb")):
+            zf.write(p, Path("submitted") / p.relative_to(subs))  # wrapped in one folder, as zips often are
+    run_grade(archive, base / "out-zip")
+    for name in ("grades.csv", "cell_grades.csv"):
+        assert read_csv(base / "out" / name) == read_csv(base / "out-zip" / name), f"{name} differs on a re-run"
+
+
+def test_grading_into_an_existing_out_is_refused(reference_and_stubs):
+    base, subs, _ = reference_and_stubs
+    result = subprocess.run([sys.executable, "-m", "grader.grade", str(subs), str(base / "out")],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 2 and "already holds grades.csv" in result.stderr
+
+
+# ----------------------------------------------------------------------------- adversarial batch
+
+def _insert_code(nb, before_gid: str, source: str):
+    idx = next(i for i, c in enumerate(nb.cells) if gid(c) == before_gid)
+    nb.cells.insert(idx, nbformat.v4.new_code_cell(source))
+    return nb
+
+
+def _exercise_of(nb):
+    """The first graded exercise: (its solution grade id, its visible and hidden test ids)."""
+    first = next(gid(c) for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution"))
+    name = first.removesuffix("_solution")
+    return first, f"{name}_visible", f"{name}_hidden"
+
+
+@pytest.fixture(scope="module")
+def adversarial(tmp_path_factory):
+    aid = ADVERSARIAL_AID
+    base = tmp_path_factory.mktemp("adversarial")
+    subs = base / "submitted"
+    good = perfect_submission(aid)
+    sol, visible, hidden = _exercise_of(good)
+
+    put(subs, "control", aid, good)
+    nb = copy.deepcopy(good)
+    nb.cells = [c for c in nb.cells if gid(c) not in (visible, hidden)]
+    put(subs, "deleted_tests", aid, nb)
+    nb = copy.deepcopy(good)
+    for c in nb.cells:
+        if gid(c) == visible:
+            c.source = ""
+    put(subs, "emptied_test", aid, nb)
+    nb = copy.deepcopy(good)
+    for c in nb.cells:
+        c.metadata = {}
+    put(subs, "stripped_metadata", aid, nb)
+    put(subs, "malformed_json", aid, raw=json.dumps(nbformat.writes(good))[: 5000])
+    (subs / "missing_notebook" / aid).mkdir(parents=True)
+    nb = copy.deepcopy(good)
+    for c in nb.cells:
+        if gid(c) == sol:
+            c.source = "while True:\n    pass\n\n" + c.source
+    put(subs, "infinite_loop", aid, nb)
+    nb = _insert_code(copy.deepcopy(good), visible,
+                      "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass")
+    put(subs, "uninterruptible_loop", aid, nb)
+    put(subs, "kernel_exit", aid, _insert_code(copy.deepcopy(good), visible, "import os\nos._exit(1)"))
+    put(subs, "huge_print", aid, _insert_code(copy.deepcopy(good), visible, "print('x' * 50_000_000)"))
+    nb = copy.deepcopy(good)
+    for c in nb.cells:
+        if gid(c) == sol:  # the learner's function writes to stderr each time a test calls it
+            name = re.search(r"^def (\w+)", c.source, re.M)[1]
+            c.source += (f"\n\nimport functools, sys, warnings\n_inner = {name}\n\n"
+                         f"@functools.wraps(_inner)\ndef {name}(*args, **kwargs):\n"
+                         "    print('UserWarning: a library complains on stderr', file=sys.stderr)\n"
+                         "    warnings.warn('this API is deprecated', UserWarning, stacklevel=2)\n"
+                         "    return _inner(*args, **kwargs)\n")
+    put(subs, "stderr_warnings", aid, nb)
+
+    out = base / "out"
+    run_grade(subs, out, "--cell-timeout", "20", "--notebook-timeout", "90")
+    rows = {r["student_id"]: r for r in read_csv(out / "grades.csv")}
+    cells = read_csv(out / "cell_grades.csv")
+    return rows, cells, out, (sol, visible, hidden)
+
+
+def _full(row):
+    return row["status"] == "graded" and float(row["score"]) == float(row["max_score"]) > 0
+
+
+def test_every_submission_gets_a_row(adversarial):
+    rows, *_ = adversarial
+    assert set(rows) == {"control", "deleted_tests", "emptied_test", "stripped_metadata", "malformed_json",
+                         "missing_notebook", "infinite_loop", "uninterruptible_loop", "kernel_exit",
+                         "huge_print", "stderr_warnings"}
+
+
+@pytest.mark.parametrize("student", ["control", "deleted_tests", "emptied_test", "stripped_metadata",
+                                     "huge_print", "stderr_warnings"])
+def test_recoverable_submissions_get_full_marks(adversarial, student):
+    rows, *_ = adversarial
+    assert _full(rows[student]), rows[student]
+
+
+def test_deleted_and_stripped_submissions_say_what_was_restored(adversarial):
+    rows, _, _, (_, visible, hidden) = adversarial
+    assert visible in rows["deleted_tests"]["message"] and hidden in rows["deleted_tests"]["message"]
+    assert "metadata restored" in rows["stripped_metadata"]["message"]
+
+
+@pytest.mark.parametrize("student,status,words", [
+    ("malformed_json", "unreadable", "not valid notebook JSON"),
+    ("missing_notebook", "missing", "no notebook"),
+    ("kernel_exit", "kernel_died", "kernel died"),
+    ("uninterruptible_loop", "timeout", "wall-clock cap"),
+])
+def test_broken_submissions_score_zero_with_a_reason(adversarial, student, status, words):
+    rows, *_ = adversarial
+    row = rows[student]
+    assert row["status"] == status and float(row["score"]) == 0.0 and words in row["message"], row
+
+
+def test_an_infinite_loop_costs_only_its_own_exercise(adversarial):
+    rows, cells, _, (_, visible, hidden) = adversarial
+    row = rows["infinite_loop"]
+    mine = {c["grade_id"]: float(c["score"]) for c in cells if c["student_id"] == "infinite_loop"}
+    assert row["status"] == "graded" and "per-cell limit" in row["message"], row
+    assert mine[visible] == 0 and mine[hidden] == 0
+    others = {k: v for k, v in mine.items() if k not in (visible, hidden)}
+    assert others and all(v > 0 for v in others.values()), f"other exercises lost points: {others}"
+
+
+def test_huge_output_is_capped(adversarial):
+    _, _, out, _ = adversarial
+    nb = out / "autograded" / "huge_print" / ADVERSARIAL_AID / f"{ADVERSARIAL_AID}.ipynb"
+    assert nb.stat().st_size < 2_000_000, f"autograded notebook is {nb.stat().st_size} bytes"
+    assert "truncated by the grader" in nb.read_text()
+
+
+def test_feedback_for_every_row_including_failures(adversarial):
+    rows, _, out, _ = adversarial
+    for student in rows:
+        assert (out / "feedback" / student / ADVERSARIAL_AID / f"{ADVERSARIAL_AID}.html").exists(), student
