@@ -21,8 +21,12 @@ def assert_close(actual, expected, what: str, atol: float = 1e-5, rtol: float = 
     assert_shape(actual, tuple(expected.shape), what)
     actual = actual.detach().to(expected.dtype)
     expected = expected.detach()
+    if not torch.isfinite(actual).all() and torch.isfinite(expected).all():
+        bad = tuple(int(i) for i in torch.nonzero(~torch.isfinite(actual))[0])
+        raise AssertionError(f"{what}: contains NaN or inf (first at index {bad}) where the reference is finite"
+                             + (f". Hint: {hint}" if hint else ""))
     if not torch.allclose(actual, expected, atol=atol, rtol=rtol):
-        diff = (actual - expected).abs()
+        diff = torch.nan_to_num((actual - expected).abs(), nan=float("inf"))
         idx = tuple(int(i) for i in torch.nonzero(diff == diff.max())[0])
         msg = (
             f"{what}: does not match the reference implementation; largest difference "
