@@ -186,6 +186,11 @@ def grade_one(row: Row, notebook: Path, work: Path, release, cell_timeout: int, 
         row.message = ("the Python kernel died while the notebook ran (exit(), os._exit(), a crash or running out "
                        "of memory), so no test could be scored. Kernel > Restart & Run All reproduces it")
         return row
+    if not out.exists() and "CellTimeoutError" in result.stdout:
+        row.status = "timeout"
+        row.message = (f"a cell ran past the per-cell limit of {cell_timeout} s and did not stop when interrupted, "
+                       "so the notebook could not finish and nothing was scored")
+        return row
     if not out.exists():
         tail = [ln for ln in result.stdout.splitlines() if "ERROR" in ln][-3:]
         row.status, row.message = "error", "nbgrader could not grade this notebook: " + " | ".join(tail)[:400]

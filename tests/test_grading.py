@@ -221,7 +221,7 @@ def test_deleted_and_stripped_submissions_say_what_was_restored(adversarial):
     ("malformed_json", "unreadable", "not valid notebook JSON"),
     ("missing_notebook", "missing", "no notebook"),
     ("kernel_exit", "kernel_died", "kernel died"),
-    ("uninterruptible_loop", "timeout", "wall-clock cap"),
+    ("uninterruptible_loop", "timeout", "did not stop when interrupted"),
 ])
 def test_broken_submissions_score_zero_with_a_reason(adversarial, student, status, words):
     rows, *_ = adversarial
@@ -250,3 +250,16 @@ def test_feedback_for_every_row_including_failures(adversarial):
     rows, _, out, _ = adversarial
     for student in rows:
         assert (out / "feedback" / student / ADVERSARIAL_AID / f"{ADVERSARIAL_AID}.html").exists(), student
+
+
+def test_wall_clock_cap_stops_a_notebook_whose_cells_are_each_within_limits(tmp_path):
+    """Every cell stays under the per-cell limit, but together they exceed the notebook's cap."""
+    good = perfect_submission(ADVERSARIAL_AID)
+    _, visible, _ = _exercise_of(good)
+    nb = good
+    for _ in range(4):
+        nb = _insert_code(nb, visible, "import time\ntime.sleep(8)")
+    put(tmp_path / "submitted", "slow_cells", ADVERSARIAL_AID, nb)
+    run_grade(tmp_path / "submitted", tmp_path / "out", "--cell-timeout", "20", "--notebook-timeout", "20")
+    (row,) = read_csv(tmp_path / "out" / "grades.csv")
+    assert row["status"] == "timeout" and float(row["score"]) == 0.0 and "wall-clock cap" in row["message"], row
