@@ -135,11 +135,11 @@ def _insert_code(nb, before_gid: str, source: str):
     return nb
 
 
-def _exercise_of(nb):
-    """The first graded exercise: (its solution grade id, its visible and hidden test ids)."""
-    first = next(gid(c) for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution"))
-    name = first.removesuffix("_solution")
-    return first, f"{name}_visible", f"{name}_hidden"
+def _exercise_of(nb, which: int = 0):
+    """A graded exercise (the first by default): (its solution grade id, its visible and hidden test ids)."""
+    solutions = [gid(c) for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution")]
+    name = solutions[which].removesuffix("_solution")
+    return solutions[which], f"{name}_visible", f"{name}_hidden"
 
 
 @pytest.fixture(scope="module")
@@ -165,9 +165,12 @@ def adversarial(tmp_path_factory):
     put(subs, "stripped_metadata", aid, nb)
     put(subs, "malformed_json", aid, raw=json.dumps(nbformat.writes(good))[: 5000])
     (subs / "missing_notebook" / aid).mkdir(parents=True)
+    # The loop goes into the last exercise: later hidden checks may call earlier functions, so a
+    # loop in an earlier one honestly costs those too.
+    last_sol = _exercise_of(good, -1)[0]
     nb = copy.deepcopy(good)
     for c in nb.cells:
-        if gid(c) == sol:
+        if gid(c) == last_sol:
             c.source = "while True:\n    pass\n\n" + c.source
     put(subs, "infinite_loop", aid, nb)
     nb = _insert_code(copy.deepcopy(good), visible,
@@ -230,7 +233,8 @@ def test_broken_submissions_score_zero_with_a_reason(adversarial, student, statu
 
 
 def test_an_infinite_loop_costs_only_its_own_exercise(adversarial):
-    rows, cells, _, (_, visible, hidden) = adversarial
+    rows, cells, *_ = adversarial
+    _, visible, hidden = _exercise_of(perfect_submission(ADVERSARIAL_AID), -1)
     row = rows["infinite_loop"]
     mine = {c["grade_id"]: float(c["score"]) for c in cells if c["student_id"] == "infinite_loop"}
     assert row["status"] == "graded" and "per-cell limit" in row["message"], row
