@@ -16,7 +16,7 @@ PYTEST_ARGS ?=
 .DEFAULT_GOAL := all
 .PHONY: all help setup data models student release grade lab test test-fast lint clean
 
-all: setup data models student release ## set everything up and build both releases (the README's first command)
+all: setup data student release ## set everything up and build both releases (the README's first command)
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -36,7 +36,9 @@ $(VENV)/.installed: pyproject.toml
 data: setup ## build the course data sets into data/build/ (offline, deterministic)
 	$(PY) data/build_data.py
 
-models: data ## build the small offline checkpoints into data/models/ (offline, deterministic, < 5 min)
+# Not yet part of `make` / `make test`: the full build's time and the checkpoints' transfer are still
+# being tuned (issue 3). Its code is tested with --tiny builds in tests/test_models.py.
+models: data ## build the small offline checkpoints into data/models/ (offline, deterministic)
 	$(PY) data/build_models.py
 
 student: setup ## regenerate course/ (student notebooks) from solutions/ with nbgrader
@@ -52,7 +54,7 @@ grade: setup ## autograde: make grade SUBMISSIONS=<dir or .zip> OUT=<dir>
 lab: setup ## open JupyterLab on the student notebooks
 	$(BIN)/jupyter lab --notebook-dir=course
 
-test: setup data models ## run every test (what CI runs)
+test: setup data ## run every test (what CI runs)
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: setup ## the tests that take seconds, not minutes
