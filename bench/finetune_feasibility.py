@@ -36,6 +36,7 @@ if str(ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from transformers import (  # noqa: E402
+    Adafactor,
     AutoConfig,
     AutoModelForCausalLM,
     AutoModelForSeq2SeqLM,
@@ -128,8 +129,9 @@ def entity_f1(pred_seqs: list[list[str]], gold_seqs: list[list[str]]) -> dict[st
 # ----------------------------------------------------------------------------- tasks
 
 
-def run_sentiment(init: str, seed: int, a, method: str = "full") -> Result:
-    """DistilBERT + classification head on `sentiment`; method: full | probe | lora."""
+def run_sentiment(init: str, seed: int, a, method: str | None = None) -> Result:
+    """DistilBERT + classification head on `sentiment`; method (peft comparison): full | probe | lora."""
+    peft, method = method is not None, method or "full"
     t0 = time.perf_counter()
     names = dd.label_names("sentiment")
     kw = dict(num_labels=2, id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})
@@ -163,8 +165,8 @@ def run_sentiment(init: str, seed: int, a, method: str = "full") -> Result:
         t_train = time.perf_counter() - t1
         pred = trainer.predict(val)
     m = accuracy_macro_f1(pred.predictions.argmax(-1), pred.label_ids)
-    return Result("sentiment" if method == "full" else "peft", init if method == "full" else method,
-                  t_train, time.perf_counter() - t0, m, trainable, total)  # fmt: skip
+    task = "peft" if peft else "sentiment"
+    return Result(task, method if peft else init, t_train, time.perf_counter() - t0, m, trainable, total)
 
 
 def run_characters(init: str, seed: int, a) -> Result:
@@ -260,7 +262,12 @@ def run_t2t(init: str, seed: int, a) -> Result:
                              per_device_eval_batch_size=100, learning_rate=a.t2t_lr, num_train_epochs=a.t2t_epochs,
                              warmup_steps=0.06, weight_decay=0.01, predict_with_generate=True,
                              generation_max_length=a.t2t_tgt_len, generation_num_beams=1)  # fmt: skip
-        trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=train,
+        optimizers = (None, None)
+        if a.t2t_optim == "adafactor":  # T5's optimizer; steps relative to each weight's RMS
+            opt = Adafactor(model.parameters(), lr=a.t2t_lr, scale_parameter=True, relative_step=False,
+                            warmup_init=False, weight_decay=0.0)  # fmt: skip
+            optimizers = (opt, None)
+        trainer = Seq2SeqTrainer(model=model, args=args, train_dataset=train, optimizers=optimizers,
                                  data_collator=DataCollatorForSeq2Seq(tok, model=model))  # fmt: skip
         t1 = time.perf_counter()
         trainer.train()
@@ -312,7 +319,8 @@ def main(argv: list[str] | None = None) -> None:
     g.add_argument("--t2t-src-len", type=int, default=64, help="max source tokens")
     g.add_argument("--t2t-tgt-len", type=int, default=48, help="max target tokens")
     g.add_argument("--t2t-epochs", type=float, default=3.0, help="epochs")
-    g.add_argument("--t2t-lr", type=float, default=2e-3, help="learning rate")
+    g.add_argument("--t2t-lr", type=float, default=1e-2, help="learning rate (Adafactor: relative)")
+    g.add_argument("--t2t-optim", choices=["adafactor", "adamw"], default="adafactor", help="optimizer")
     a = p.parse_args(argv)
 
     if a.models_dir is not None:
@@ -326,7 +334,7 @@ def main(argv: list[str] | None = None) -> None:
         "characters": [(lambda i=i, s=None: run_characters(i, s, a)) for i in inits],
         "clm": [(lambda i=i, s=None: run_clm(i, s, a)) for i in inits],
         "t2t": [(lambda i=i, s=None: run_t2t(i, s, a)) for i in inits],
-        "peft": [(lambda m=m, s=None: run_sentiment("pretrained", s, a, method=m)) for m in ("probe", "lora")],
+        "peft": [(lambda m=m, s=None: run_sentiment("pretrained", s, a, method=m)) for m in ("probe", "full", "lora")],
     }
     results: list[tuple[int, Result]] = []
     print(f"torch threads: {torch.get_num_threads()}, models: {local_path('distilbert').parent}", flush=True)
