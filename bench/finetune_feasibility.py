@@ -158,8 +158,11 @@ def run_sentiment(init: str, seed: int, a, method: str | None = None) -> Result:
     def enc(batch):
         return tok(batch["text"], truncation=True, max_length=a.cls_max_len)
 
-    train = dd.load_split("sentiment", "train").select(range(a.cls_train)).map(enc, batched=True, remove_columns=["text", "source"])
-    val = dd.load_split("sentiment", "validation").map(enc, batched=True, remove_columns=["text", "source"])
+    train, val = dd.load_split("sentiment", "train"), dd.load_split("sentiment", "validation")
+    if a.cls_source != "both":  # one source only: imdb or rotten_tomatoes
+        train, val = (d.filter(lambda r: r["source"] == a.cls_source) for d in (train, val))
+    train = train.select(range(min(a.cls_train, len(train)))).map(enc, batched=True, remove_columns=["text", "source"])
+    val = val.map(enc, batched=True, remove_columns=["text", "source"])
     with tempfile.TemporaryDirectory() as out:
         args = training_args(out, seed, per_device_train_batch_size=32, per_device_eval_batch_size=64,
                              learning_rate=lr, num_train_epochs=a.cls_epochs, warmup_steps=0.06,
@@ -306,6 +309,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-random", action="store_true", help="skip the random-initialisation baselines")
     g = p.add_argument_group("sentiment / peft (module 10)")
     g.add_argument("--cls-train", type=int, default=4000, help="training reviews used")
+    g.add_argument("--cls-source", choices=["both", "imdb", "rotten_tomatoes"], default="both", help="reviews used")
     g.add_argument("--cls-max-len", type=int, default=128, help="max tokens per review")
     g.add_argument("--cls-epochs", type=float, default=3.0, help="epochs")
     g.add_argument("--cls-lr", type=float, default=5e-4, help="full fine-tuning learning rate")
