@@ -20,8 +20,6 @@ The module budget is 150 s for a whole notebook on the 2-core CI machine, so the
 settings below keep each fine-tuning run to a fraction of that (the table's `total s`). Each
 comparison uses one set of hyperparameters for both initialisations: the defaults are the
 best found for the PRETRAINED model (see issue 3's notes for the sweeps).
-
-`--device cuda` exists to explore settings quickly; report CPU numbers.
 """
 
 import argparse
@@ -60,7 +58,6 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 from deepdive import datasets as dd  # noqa: E402
 from deepdive.hub import load_pretrained, local_path  # noqa: E402
 
-DEVICE = "cpu"  # --device: "cuda" to explore settings fast; the reported numbers are CPU
 TASKS = ("sentiment", "characters", "clm", "t2t", "peft")
 
 
@@ -81,7 +78,7 @@ class Result:
 def training_args(out: str, seed: int, cls=TrainingArguments, **kw):
     """CPU training arguments shared by every run: no saving, no logging, no progress bars."""
     return cls(
-        output_dir=out, seed=seed, use_cpu=DEVICE == "cpu", report_to="none", save_strategy="no", eval_strategy="no",
+        output_dir=out, seed=seed, use_cpu=True, report_to="none", save_strategy="no", eval_strategy="no",
         logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0, **kw,
     )  # fmt: skip
 
@@ -305,7 +302,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seeds", nargs="+", type=int, default=[0], help="seeds (each run once per seed)")
     p.add_argument("--models-dir", type=Path, default=None, help="course builds (default: data/models)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--device", default="cpu", help="cpu (the numbers to report) or cuda (exploration)")
     p.add_argument("--no-random", action="store_true", help="skip the random-initialisation baselines")
     g = p.add_argument_group("sentiment / peft (module 10)")
     g.add_argument("--cls-train", type=int, default=4000, help="training reviews used")
@@ -337,8 +333,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     a = parse_args(argv)
-    global DEVICE
-    DEVICE = a.device
     if a.models_dir is not None:
         os.environ["DEEPDIVE_MODELS_DIR"] = str(a.models_dir.resolve())
     if a.threads:

@@ -22,9 +22,10 @@ DistilBERT also reads the TEXT of the four held-out plays (Shakespeare's validat
 distilbert-base-uncased has read Shakespeare in its pretraining corpus: without that, names
 in plays it has never seen are out of reach for a model this small, and module 10's
 token-classification task showed no transfer at all (validation entity F1 0.345 pretrained vs
-0.339 random); with the plays read, 0.760 / 0.682 vs 0.403 / 0.533 (seeds 0 / 1). The character labels of those plays are never used, and
-no review outside the train split is read. Each tokenizer learns from the text its model reads. Everything is seeded: the same
-seed, flags and library versions give identical weights.
+0.339 random); with the plays read, 0.760 / 0.682 vs 0.403 / 0.533 (seeds 0 / 1). The
+character labels of those plays are never used, and no review outside the train split is
+read. Each tokenizer learns from the text its model reads. Everything is seeded: the same
+seed, flags and library versions give identical weights (bench/RESULTS.md has the numbers).
 
 Each `data/models/<family>/` holds what `save_pretrained` writes for the model and the
 tokenizer, plus `build_info.json`: corpus (files and sha256), sizes, steps, seed, final
@@ -93,7 +94,6 @@ class BuildConfig:
     warmup: int = 40  # linear warm-up steps, then cosine decay to lr / 10
     weight_decay: float = 0.01
     init_std: float = 0.02  # DistilBERT / GPT-2 `initializer_range` (real models: 0.02, tuned for width 768)
-    sinusoidal: bool = False  # DistilBERT `sinusoidal_pos_embds`: fixed sin/cos positions instead of learned
     dropout: float = 0.1  # dropout while pretraining; the saved config always has the real models' 0.1
     mlm_probability: float = 0.15  # DistilBERT: fraction of tokens selected for prediction
     noise_density: float = 0.15  # T5 span corruption: fraction of tokens masked
@@ -294,7 +294,6 @@ def make_model(family: str, cfg: BuildConfig, tokenizer):
             vocab_size=V, dim=cfg.d_model, n_layers=cfg.n_layers, n_heads=cfg.n_heads, hidden_dim=cfg.d_ff,
             max_position_embeddings=cfg.max_positions, pad_token_id=tokenizer.pad_token_id,
             dropout=cfg.dropout, attention_dropout=cfg.dropout, initializer_range=cfg.init_std,
-            sinusoidal_pos_embds=cfg.sinusoidal,
         )  # fmt: skip
         return DistilBertForMaskedLM(config)
     if family == "distilgpt2":
@@ -328,8 +327,8 @@ DROPOUT_KEYS = {
 
 
 class MaskedLMBatches:
-    """DistilBERT batches: [CLS] window [SEP], masked by DataCollatorForLanguageModeling (15%; of
-    those 80% [MASK], 10% random token, 10% unchanged)."""
+    """DistilBERT batches: [CLS] window [SEP], masked by DataCollatorForLanguageModeling
+    (`mlm_probability` of the tokens; of those 80% [MASK], 10% random token, 10% unchanged)."""
 
     def __init__(self, tokenizer, stream: np.ndarray, cfg: BuildConfig, seed: int):
         self.tok, self.stream, self.cfg = tokenizer, stream, cfg
@@ -466,24 +465,16 @@ def build_tokenizer(family: str, docs: list[str], cfg: BuildConfig):
     return train_unigram(docs, cfg.vocab_size)
 
 
-def pretrain(
-    family: str, model, tokenizer, cfg: BuildConfig, seed: int, progress: bool = True, device: str = "cpu"
-) -> dict:
-    """Pretrain `model` in place with its family's objective; returns the numbers for build_info.
-    `device` other than "cpu" is for exploring configurations fast; the course's builds are CPU."""
+def pretrain(family: str, model, tokenizer, cfg: BuildConfig, seed: int, progress: bool = True) -> dict:
+    """Pretrain `model` in place with its family's objective; returns the numbers for build_info."""
     sep = {"distilbert": tokenizer.sep_token_id}.get(family, tokenizer.eos_token_id)
     docs = load_corpus(cfg.corpora, "train", cfg.max_docs) + load_corpus(cfg.read_heldout, "validation", cfg.max_docs)
     held_out_sets = tuple(c for c in cfg.corpora if c not in cfg.read_heldout)
     train_stream = token_stream(tokenizer, docs, sep)
     eval_stream = token_stream(tokenizer, load_corpus(held_out_sets, "validation", cfg.max_docs), sep)
-    make_batch = OBJECTIVES[family](tokenizer, train_stream, cfg, seed)
+    batches = OBJECTIVES[family](tokenizer, train_stream, cfg, seed)
     eval_batches = OBJECTIVES[family](tokenizer, eval_stream, cfg, seed + 1)
-    model.to(device)
-
-    def batches() -> dict[str, torch.Tensor]:
-        return {k: v.to(device) for k, v in make_batch().items()}
-
-    held_out = [{k: v.to(device) for k, v in eval_batches().items()} for _ in range(cfg.n_eval_batches)]
+    held_out = [eval_batches() for _ in range(cfg.n_eval_batches)]  # fixed before training
 
     def evaluate() -> float:
         model.eval()
@@ -524,7 +515,7 @@ def pretrain(
         losses.append(loss.item())
         if step % 10 == 0 or step == cfg.steps - 1:
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-    model.eval().to("cpu")
+    model.eval()
     return {
         "train_tokens_in_corpus": int(len(train_stream)),
         "tokens_seen": int(cfg.steps * cfg.batch_size * cfg.seq_len),
@@ -535,7 +526,7 @@ def pretrain(
     }
 
 
-def build_family(family: str, cfg: BuildConfig, out: Path, seed: int, progress: bool = True, device: str = "cpu") -> dict:
+def build_family(family: str, cfg: BuildConfig, out: Path, seed: int, progress: bool = True) -> dict:
     """Train the tokenizer, pretrain the model, save both and build_info.json to out/family."""
     t0, c0 = time.time(), time.process_time()
     torch.manual_seed(seed)
@@ -544,7 +535,7 @@ def build_family(family: str, cfg: BuildConfig, out: Path, seed: int, progress: 
     t_tok = time.time() - t0
     torch.manual_seed(seed)  # model init does not depend on how long tokenizer training took
     model = make_model(family, cfg, tokenizer)
-    stats = pretrain(family, model, tokenizer, cfg, seed, progress, device)
+    stats = pretrain(family, model, tokenizer, cfg, seed, progress)
     for key in DROPOUT_KEYS[family]:  # fine-tuning gets the dropout of the real checkpoints
         setattr(model.config, key, 0.1)
     path = out / family
@@ -575,6 +566,25 @@ def build_family(family: str, cfg: BuildConfig, out: Path, seed: int, progress: 
     return info
 
 
+def override(cfg: BuildConfig, assignments: list[str]) -> BuildConfig:
+    """`cfg` with fields replaced from "key=value" strings (`--set`): numbers are parsed as the
+    field's type, tuples as comma-separated names ("corpora=sentiment", "read_heldout=")."""
+    fields = asdict(cfg)
+    for kv in assignments:
+        key, sep, value = kv.partition("=")
+        if not sep or key not in fields:
+            raise SystemExit(f"--set {kv!r}: expected KEY=VALUE with KEY one of {', '.join(fields)}")
+        old = fields[key]
+        if isinstance(old, tuple):
+            new = tuple(v for v in value.split(",") if v)
+        elif old is None:
+            new = int(value)
+        else:
+            new = type(old)(value)
+        cfg = replace(cfg, **{key: new})
+    return cfg
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--only", nargs="+", choices=FAMILIES, default=list(FAMILIES), help="families to build (default: all)")
@@ -583,7 +593,6 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--steps", type=int, default=None, help="override the pretraining steps of every family")
     p.add_argument("--tiny", action="store_true", help="toy sizes and a few steps (seconds; for tests)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
-    p.add_argument("--device", default="cpu", help="pretrain on this device (exploration only; builds are CPU)")
     p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="override BuildConfig fields (exploration)")
     args = p.parse_args(argv)
 
@@ -594,12 +603,8 @@ def main(argv: list[str] | None = None) -> None:
             cfg = replace(cfg, **TINY)
         if args.steps is not None:
             cfg = replace(cfg, steps=args.steps, warmup=min(cfg.warmup, max(1, args.steps // 10)))
-        for kv in args.set:
-            key, value = kv.split("=", 1)
-            old = getattr(cfg, key)
-            new = tuple(v for v in value.split(",") if v) if isinstance(old, tuple) else (value == "True") if isinstance(old, bool) else type(old)(value)
-            cfg = replace(cfg, **{key: new})
-        info = build_family(family, cfg, args.out, args.seed, progress=not args.no_progress, device=args.device)
+        cfg = override(cfg, args.set)
+        info = build_family(family, cfg, args.out, args.seed, progress=not args.no_progress)
         print(
             f"{family}: {info['parameters'] / 1e6:.2f}M params, vocab {info['vocab_size']}, "
             f"{cfg.steps} steps, loss {info['initial_held_out_loss']:.2f} -> train {info['final_train_loss']:.2f} / "

@@ -174,6 +174,15 @@ def test_what_each_family_reads(tiny_models):
     assert all(not cfg.read_heldout for f, cfg in bm.CONFIGS.items() if f != "distilbert")
 
 
+def test_set_overrides_config_fields():
+    cfg = bm.override(bm.CONFIGS["distilbert"], ["steps=7", "lr=0.5", "corpora=sentiment", "read_heldout=", "max_docs=3"])
+    assert (cfg.steps, cfg.lr, cfg.corpora, cfg.read_heldout, cfg.max_docs) == (7, 0.5, ("sentiment",), (), 3)
+    assert bm.CONFIGS["distilbert"].steps == 2500, "override must not change the shared CONFIGS"
+    for bad in (["stpes=7"], ["steps"]):
+        with pytest.raises(SystemExit, match="KEY=VALUE"):
+            bm.override(bm.CONFIGS["distilbert"], bad)
+
+
 def state(path: Path) -> dict[str, torch.Tensor]:
     return load_file(path / "model.safetensors")
 
