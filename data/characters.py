@@ -189,18 +189,28 @@ def examples_for_play(play: Play, common_counts: Counter) -> list[dict]:
                 continue
             seen.add(key)
             rows.append(
-                {"tokens": tokens, "tags": tag_tokens(tokens, names, phrases, common), "play": play.slug}
+                {
+                    "tokens": tokens,
+                    "tags": tag_tokens(tokens, names, phrases, common),
+                    "play": play.slug,
+                    "line": line,  # the line as printed: the `mentions` set's text (not written here)
+                }
             )
     return rows
 
 
-def build(out: Path, plays: list[Play]) -> dict:
-    """Write characters/{train,validation,test}.jsonl (tags as ids) and labels.json; return stats."""
+def select(plays: list[Play]) -> tuple[dict[str, list[dict]], dict[str, dict]]:
+    """The rows of every split, half with a name, chosen by stable hash (module docstring).
+
+    Returns ({split: rows}, {split: {"plays", "candidates", "candidates_with_names"}}); each row
+    has "tokens", "tags" (strings), "play" and "line" (the printed line). The `mentions` set is
+    built from the same rows, so the two sets hold exactly the same lines.
+    """
     counts = lowercase_counts(plays)
     pools = {split: [] for split in SIZES}
     for play in plays:
         pools[eval_split_of(play.slug)].extend(examples_for_play(play, counts))
-    stats = {"labels": LABELS, "split_plays": {}, "splits": {}}
+    chosen_by_split, info = {}, {}
     for split, pool in pools.items():
         seen, unique = set(), []
         for row in pool:  # a line repeated in two plays of the same split is kept once
@@ -208,12 +218,31 @@ def build(out: Path, plays: list[Play]) -> dict:
             if key not in seen:
                 seen.add(key)
                 unique.append(row)
-        pos = [r for r in unique if any(t != "O" for t in r["tags"])]
-        neg = [r for r in unique if all(t == "O" for t in r["tags"])]
+        pos = [r for r in unique if has_name(r["tags"])]
+        neg = [r for r in unique if not has_name(r["tags"])]
         n = min(SIZES[split] // 2, len(pos), len(neg))
         rank = lambda r: stable_rank(" ".join(r["tokens"]) + "|" + r["play"], SALT)  # noqa: E731
         chosen = sorted(pos, key=rank)[:n] + sorted(neg, key=rank)[:n]
         chosen.sort(key=lambda r: stable_rank(" ".join(r["tokens"]) + "|" + r["play"], SALT + "-order"))
+        chosen_by_split[split] = chosen
+        info[split] = {
+            "plays": sorted({r["play"] for r in pool}),
+            "candidates": len(unique),
+            "candidates_with_names": len(pos),
+        }
+    return chosen_by_split, info
+
+
+def has_name(tags: list[str]) -> bool:
+    """Whether a tagged line names a character: some tag is B-PER (an I-PER never starts one)."""
+    return "B-PER" in tags
+
+
+def build(out: Path, plays: list[Play]) -> dict:
+    """Write characters/{train,validation,test}.jsonl (tags as ids) and labels.json; return stats."""
+    chosen_by_split, info = select(plays)
+    stats = {"labels": LABELS, "split_plays": {}, "splits": {}}
+    for split, chosen in chosen_by_split.items():
         write_jsonl(
             out / "characters" / f"{split}.jsonl",
             (
@@ -221,15 +250,16 @@ def build(out: Path, plays: list[Play]) -> dict:
                 for r in chosen
             ),
         )
+        n = len(chosen) // 2
         tag_counts = Counter(t for r in chosen for t in r["tags"])
         spans = Counter(span for r in chosen for span in entity_spans(r["tokens"], r["tags"]))
-        stats["split_plays"][split] = sorted({r["play"] for r in pool})
+        stats["split_plays"][split] = info[split]["plays"]
         stats["splits"][split] = {
             "rows": len(chosen),
             "rows_with_names": n,
             "rows_without_names": n,
-            "candidate_lines": len(unique),
-            "candidate_lines_with_names": len(pos),
+            "candidate_lines": info[split]["candidates"],
+            "candidate_lines_with_names": info[split]["candidates_with_names"],
             "tokens": sum(tag_counts.values()),
             "tag_counts": {t: tag_counts[t] for t in LABELS},
             "entities": tag_counts["B-PER"],

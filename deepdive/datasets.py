@@ -7,6 +7,7 @@ The files live in `data/build/` of the repository (or in `$DEEPDIVE_DATA_DIR`):
 | `shakespeare` | train, validation (.txt)   | a speech: `"SPEAKER:\\nline\\nline"` (text: speeches + "\\n\\n") |
 | `sentiment`   | train, validation, test    | `{"text": str, "label": 0 negative / 1 positive, "source": "imdb" or "rotten_tomatoes"}` |
 | `characters`  | train, validation, test    | `{"tokens": [str], "tags": [0 O / 1 B-PER / 2 I-PER], "play": slug}` |
+| `mentions`    | train, validation, test    | `{"text": str, "label": 0 no_name / 1 names_character, "play": slug}` (the lines of `characters`) |
 | `t2t`         | train, validation, test    | `{"source": "<task prefix>: ...", "target": str, "task": str}` |
 
 API:
@@ -15,8 +16,8 @@ API:
   `label`/`tags` are `ClassLabel`s, so `ds.features["label"].names == ["negative", "positive"]`.
   For `shakespeare`, one row per speech with a single `text` column (for `group_texts`).
 - `load_texts(name, split) -> list[str]`: plain strings (speeches, review texts, or the
-  space-joined tokens of `characters`), e.g. as pretraining text.
-- `label_names(name) -> list[str]`: id -> name for `sentiment` and `characters`.
+  space-joined tokens of `characters`, lines of `mentions`), e.g. as pretraining text.
+- `label_names(name) -> list[str]`: id -> name for `sentiment`, `characters` and `mentions`.
 - `split_path(name, split) -> Path`: the file, after checking that it exists and is intact.
 - `t2t_tasks() -> list[str]`, and `load_split("t2t", split, task=...)` keeps one task.
 
@@ -41,10 +42,12 @@ SPLITS = {
     "shakespeare": ("train", "validation"),
     "sentiment": ("train", "validation", "test"),
     "characters": ("train", "validation", "test"),
+    "mentions": ("train", "validation", "test"),
     "t2t": ("train", "validation", "test"),
 }
 SENTIMENT_LABELS = ["negative", "positive"]
 CHARACTER_TAGS = ["O", "B-PER", "I-PER"]
+MENTION_LABELS = ["no_name", "names_character"]
 
 _verified: dict[Path, tuple[int, int]] = {}  # path -> (size, mtime_ns) when its sha256 last matched
 
@@ -132,6 +135,7 @@ def _read_jsonl(path: Path) -> list[dict]:
 _COLUMNS = {
     "sentiment": {"text": str, "label": int, "source": str},
     "characters": {"tokens": list, "tags": list, "play": str},
+    "mentions": {"text": str, "label": int, "play": str},
     "t2t": {"source": str, "target": str, "task": str},
 }
 
@@ -168,12 +172,12 @@ def load_text(name: str = "shakespeare", split: str = "train") -> str:
 
 
 def load_texts(name: str, split: str) -> list[str]:
-    """Plain strings of a split: speeches (`shakespeare`), reviews (`sentiment`), or
-    space-joined tokens (`characters`). `t2t` has two texts per row: use `load_split`."""
+    """Plain strings of a split: speeches (`shakespeare`), reviews (`sentiment`), lines
+    (`mentions`) or space-joined tokens (`characters`). `t2t` has two texts per row: use `load_split`."""
     _check_name(name, split)
     if name == "shakespeare":
         return [block for block in load_text(name, split).split("\n\n") if block.strip()]
-    if name == "sentiment":
+    if name in ("sentiment", "mentions"):
         return [r["text"] for r in load_rows(name, split)]
     if name == "characters":
         return [" ".join(r["tokens"]) for r in load_rows(name, split)]
@@ -181,12 +185,15 @@ def load_texts(name: str, split: str) -> list[str]:
 
 
 def label_names(name: str) -> list[str]:
-    """Label id -> name: `sentiment` -> ["negative", "positive"], `characters` -> ["O", "B-PER", "I-PER"]."""
+    """Label id -> name: `sentiment` -> ["negative", "positive"], `characters` -> ["O", "B-PER", "I-PER"],
+    `mentions` -> ["no_name", "names_character"]."""
     if name == "sentiment":
         return list(SENTIMENT_LABELS)
     if name == "characters":
         return list(CHARACTER_TAGS)
-    raise ValueError(f"{name!r} has no labels; sets with labels: sentiment, characters")
+    if name == "mentions":
+        return list(MENTION_LABELS)
+    raise ValueError(f"{name!r} has no labels; sets with labels: sentiment, characters, mentions")
 
 
 def t2t_tasks() -> list[str]:
@@ -216,6 +223,14 @@ def load_split(name: str, split: str, task: str | None = None):
                 "text": datasets.Value("string"),
                 "label": datasets.ClassLabel(names=SENTIMENT_LABELS),
                 "source": datasets.Value("string"),
+            }
+        )
+    elif name == "mentions":
+        features = datasets.Features(
+            {
+                "text": datasets.Value("string"),
+                "label": datasets.ClassLabel(names=MENTION_LABELS),
+                "play": datasets.Value("string"),
             }
         )
     elif name == "characters":

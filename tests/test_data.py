@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from data import build_data, characters, sentiment, shakespeare, t2t
+from data import build_data, characters, mentions, sentiment, shakespeare, t2t
 from data.fileio import sha256_file
 from deepdive import datasets as dd
 
@@ -195,6 +195,26 @@ def test_entity_spans():
     ]
 
 
+# ------------------------------------------------------------------------------ mentions
+def test_mention_label_from_tags():
+    play = make_play(["MACBETH", "LADY MACBETH", "First Witch"])
+    names, phrases = characters.play_cast(play)
+    lines = {
+        "Hail, Macbeth, thane of Glamis!": 1,
+        "When shall we three meet again": 0,
+        "The witch of Scotland speaks to the king": 0,  # roles and titles are not names
+        "Good Lady Macbeth, be not so": 1,
+    }
+    chosen = []
+    for line, expected in lines.items():
+        tags = characters.tag_tokens(characters.tokenize(line), names, phrases, set())
+        assert mentions.label_of(tags) == expected, (line, tags)
+        chosen.append({"line": line, "tags": tags, "play": "macbeth", "tokens": []})
+    rows = mentions.rows_from(chosen)
+    assert [r["text"] for r in rows] == list(lines) and [r["label"] for r in rows] == list(lines.values())
+    assert mentions.label_of(["O", "I-PER"]) == 0  # only a B-PER starts a name
+
+
 # ------------------------------------------------------------------------------ sentiment
 def test_clean_text():
     assert (
@@ -348,6 +368,18 @@ def test_characters_balanced_and_split_by_play(built):
     assert not plays["train"] & set(shakespeare.VALIDATION_PLAYS)
 
 
+def test_mentions_are_the_lines_of_characters(built):
+    for split in ("train", "validation", "test"):
+        rows = read_jsonl(built / "mentions" / f"{split}.jsonl")
+        tagged = read_jsonl(built / "characters" / f"{split}.jsonl")
+        assert len(rows) == len(tagged) and Counter(r["label"] for r in rows) == {0: len(rows) // 2, 1: len(rows) // 2}
+        for row, t in zip(rows, tagged):
+            assert row["play"] == t["play"]
+            assert characters.tokenize(row["text"]) == t["tokens"], "not the same line"
+            assert row["label"] == int(1 in t["tags"])
+    assert json.loads((built / "mentions" / "labels.json").read_text()) == ["no_name", "names_character"]
+
+
 def test_t2t_tasks_and_no_copying(built):
     targets = {}
     for split in ("train", "validation", "test"):
@@ -390,6 +422,10 @@ def test_loaders(use_build):
     ds = dd.load_split("characters", "test")
     assert ds.features["tags"].feature.names == ["O", "B-PER", "I-PER"]
     assert set(ds.column_names) == {"tokens", "tags", "play"}
+    ds = dd.load_split("mentions", "validation")
+    assert ds.features["label"].names == ["no_name", "names_character"] == dd.label_names("mentions")
+    assert set(ds.column_names) == {"text", "label", "play"} and len(ds) == 440
+    assert dd.load_texts("mentions", "validation")[0] == ds[0]["text"]
     assert dd.t2t_tasks() == ["date", "modernize"]
     assert set(dd.load_split("t2t", "validation", task="date")["task"]) == {"date"}
     with pytest.raises(ValueError, match="choose from"):
