@@ -32,8 +32,8 @@ wherever it appears, even when the text means the place.
 
 Splits are by play: train = the `shakespeare` training plays; validation and test = two
 of `shakespeare.VALIDATION_PLAYS` (`shakespeare.EVAL_PLAYS`: The Tempest and Twelfth Night
-for validation, Julius Caesar and Macbeth for test), so the small pretrained checkpoints never
-saw them.
+for validation, Julius Caesar and Macbeth for test). The small offline DistilBERT has read
+the text of those plays (never a tag; see data/build_models.py), GPT-2 and T5 have not.
 Lines with fewer than `MIN_WORDS` words are skipped; within a split, identical token
 sequences are kept once. Each split takes up to `SIZES[split]` lines, half with at least one
 name (positives) and half without, ranked by a stable hash (`fileio.stable_rank`).
