@@ -40,6 +40,7 @@ import hashlib
 import json
 import math
 import platform
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass, replace
@@ -541,10 +542,11 @@ def build_family(family: str, cfg: BuildConfig, out: Path, seed: int, progress: 
     stats = pretrain(family, model, tokenizer, cfg, seed, progress)
     for key in DROPOUT_KEYS[family]:  # fine-tuning gets the dropout of the real checkpoints
         setattr(model.config, key, 0.1)
-    path = out / family
-    path.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    path, tmp = out / family, out / f".{family}.partial"
+    shutil.rmtree(tmp, ignore_errors=True)  # what an interrupted build left
+    tmp.mkdir(parents=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
     info = {
         "family": family,
         "model_class": type(model).__name__,
@@ -565,7 +567,11 @@ def build_family(family: str, cfg: BuildConfig, out: Path, seed: int, progress: 
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__, "tokenizers": tokenizers.__version__},
     }  # fmt: skip
-    (path / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    (tmp / "build_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    # Replace the old build only now, so an interrupted build never leaves new weights next to
+    # an old build_info.json (or half a checkpoint where a whole one was).
+    shutil.rmtree(path, ignore_errors=True)
+    tmp.rename(path)
     return info
 
 

@@ -187,6 +187,18 @@ def state(path: Path) -> dict[str, torch.Tensor]:
     return load_file(path / "model.safetensors")
 
 
+def test_build_replaces_a_family_whole(tmp_path):
+    """A family is written to .<family>.partial and renamed when complete, so a rebuild leaves
+    nothing of the old build (or of an interrupted one) behind."""
+    (tmp_path / "t5").mkdir()
+    (tmp_path / "t5" / "stale.bin").write_text("from an older build")
+    (tmp_path / ".t5.partial").mkdir()
+    (tmp_path / ".t5.partial" / "half.safetensors").write_text("interrupted")
+    build(tmp_path, families=["t5"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t5"]
+    assert not (tmp_path / "t5" / "stale.bin").exists() and (tmp_path / "t5" / "build_info.json").is_file()
+
+
 def test_build_is_deterministic_under_a_seed(tiny_models, tmp_path):
     again = build(tmp_path / "again", seed=0)
     other = build(tmp_path / "other", seed=1, families=["distilgpt2"])
