@@ -67,7 +67,7 @@ DEFAULT_TASKS = TASKS[:5]
 
 @dataclass
 class Result:
-    task: str  # e.g. "sentiment"
+    task: str  # e.g. "mentions"
     init: str  # "pretrained" | "random" | method name for peft
     train_s: float  # wall seconds inside trainer.train()
     total_s: float  # wall seconds for the whole run (load, tokenize, train, evaluate)

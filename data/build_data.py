@@ -39,9 +39,14 @@ DEFAULT_OUT = ROOT / "data" / "build"
 
 
 def build_set(name: str, out: Path, cache: dict) -> dict:
-    """Build one set under `out`; `cache` shares the parsed plays between the sets that use them."""
+    """Build one set under `out`; `cache` shares the parsed plays, and the lines that `characters`
+    and `mentions` both hold, between the sets that use them."""
     if name in ("shakespeare", "characters", "mentions", "t2t") and "plays" not in cache:
         cache["plays"] = shakespeare.load_plays(progress=True)
+    if name in ("characters", "mentions") and "lines" not in cache:
+        from data import characters
+
+        cache["lines"] = characters.select(cache["plays"])
     if name == "shakespeare":
         return shakespeare.build(out, cache["plays"])
     if name == "sentiment":
@@ -51,11 +56,11 @@ def build_set(name: str, out: Path, cache: dict) -> dict:
     if name == "characters":
         from data import characters
 
-        return characters.build(out, cache["plays"])
+        return characters.build(out, *cache["lines"])
     if name == "mentions":
         from data import mentions
 
-        return mentions.build(out, cache["plays"])
+        return mentions.build(out, *cache["lines"])
     if name == "t2t":
         from data import t2t
 

@@ -238,9 +238,9 @@ def has_name(tags: list[str]) -> bool:
     return "B-PER" in tags
 
 
-def build(out: Path, plays: list[Play]) -> dict:
-    """Write characters/{train,validation,test}.jsonl (tags as ids) and labels.json; return stats."""
-    chosen_by_split, info = select(plays)
+def build(out: Path, chosen_by_split: dict[str, list[dict]], info: dict[str, dict]) -> dict:
+    """Write characters/{train,validation,test}.jsonl (tags as ids) and labels.json for the rows
+    that `select` chose; return the statistics."""
     stats = {"labels": LABELS, "split_plays": {}, "splits": {}}
     for split, chosen in chosen_by_split.items():
         write_jsonl(

@@ -2,7 +2,7 @@
 
 One row per dialogue line: `{"text": the line as printed, "label": 0 no_name / 1 names_character,
 "play": slug}`. The lines, the splits and the labels all come from the `characters` set
-(`characters.select`): a line's label is 1 exactly when its BIO tags there contain a `B-PER`
+(`characters.select`, computed once for both sets): a line's label is 1 exactly when its BIO tags there contain a `B-PER`
 (`characters.has_name`), so the rule that decides what counts as a name is written once
 (data/datasheets/characters.md) and the two sets can never disagree. Module 10 asks the
 question first per line (a classification head on the whole sequence), then per word (a token
@@ -22,9 +22,8 @@ exactly half positive.
 from collections import Counter
 from pathlib import Path
 
-from data.characters import has_name, select
+from data.characters import has_name
 from data.fileio import write_json, write_jsonl
-from data.shakespeare import Play
 
 LABELS = ["no_name", "names_character"]  # index = label id
 
@@ -43,9 +42,9 @@ def rows_from(chosen: list[dict]) -> list[dict]:
     return [{"text": r["line"], "label": label_of(r["tags"]), "play": r["play"]} for r in chosen]
 
 
-def build(out: Path, plays: list[Play]) -> dict:
-    """Write mentions/{train,validation,test}.jsonl and labels.json; return the statistics."""
-    chosen_by_split, info = select(plays)
+def build(out: Path, chosen_by_split: dict[str, list[dict]], info: dict[str, dict]) -> dict:
+    """Write mentions/{train,validation,test}.jsonl and labels.json for the rows that
+    `characters.select` chose; return the statistics."""
     stats = {"labels": LABELS, "split_plays": {}, "splits": {}}
     for split, chosen in chosen_by_split.items():
         rows = rows_from(chosen)

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from transformers import DistilBertTokenizerFast, GPT2Tokenizer, T5Tokenizer
 
 from data import build_models as bm
+from deepdive import hub
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = bm.FAMILIES
@@ -333,8 +334,6 @@ def test_real_build_is_current_and_pretrained(family, monkeypatch):
     assert info["final_held_out_loss"] < info["initial_held_out_loss"] - 1.0, info
     assert type(load_tokenizer(path)) is TOKENIZER_CLASSES[family]
     # and the course's loading code finds it with the hub switched off
-    from deepdive import hub
-
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.delenv(hub.MODELS_DIR_ENV, raising=False)
     task = {"distilbert": "mlm", "distilgpt2": "causal-lm", "t5": "seq2seq"}[family]
