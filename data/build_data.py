@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # `python data/build_data.py` puts data/, not the repo root, on sys.path
     sys.path.insert(0, str(ROOT))
 
-from data import shakespeare  # noqa: E402
+from data import characters, shakespeare  # noqa: E402
 from data.fileio import count_rows, sha256_file, write_json  # noqa: E402
 
 SETS = ("shakespeare", "sentiment", "characters", "mentions", "t2t")
@@ -44,8 +44,6 @@ def build_set(name: str, out: Path, cache: dict) -> dict:
     if name in ("shakespeare", "characters", "mentions", "t2t") and "plays" not in cache:
         cache["plays"] = shakespeare.load_plays(progress=True)
     if name in ("characters", "mentions") and "lines" not in cache:
-        from data import characters
-
         cache["lines"] = characters.select(cache["plays"])
     if name == "shakespeare":
         return shakespeare.build(out, cache["plays"])
@@ -54,8 +52,6 @@ def build_set(name: str, out: Path, cache: dict) -> dict:
 
         return sentiment.build(out)
     if name == "characters":
-        from data import characters
-
         return characters.build(out, *cache["lines"])
     if name == "mentions":
         from data import mentions

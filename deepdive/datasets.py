@@ -48,6 +48,7 @@ SPLITS = {
 SENTIMENT_LABELS = ["negative", "positive"]
 CHARACTER_TAGS = ["O", "B-PER", "I-PER"]
 MENTION_LABELS = ["no_name", "names_character"]
+_LABELS = {"sentiment": SENTIMENT_LABELS, "characters": CHARACTER_TAGS, "mentions": MENTION_LABELS}
 
 _verified: dict[Path, tuple[int, int]] = {}  # path -> (size, mtime_ns) when its sha256 last matched
 
@@ -187,13 +188,9 @@ def load_texts(name: str, split: str) -> list[str]:
 def label_names(name: str) -> list[str]:
     """Label id -> name: `sentiment` -> ["negative", "positive"], `characters` -> ["O", "B-PER", "I-PER"],
     `mentions` -> ["no_name", "names_character"]."""
-    if name == "sentiment":
-        return list(SENTIMENT_LABELS)
-    if name == "characters":
-        return list(CHARACTER_TAGS)
-    if name == "mentions":
-        return list(MENTION_LABELS)
-    raise ValueError(f"{name!r} has no labels; sets with labels: sentiment, characters, mentions")
+    if name not in _LABELS:
+        raise ValueError(f"{name!r} has no labels; sets with labels: {', '.join(_LABELS)}")
+    return list(_LABELS[name])
 
 
 def t2t_tasks() -> list[str]:
@@ -217,20 +214,11 @@ def load_split(name: str, split: str, task: str | None = None):
             raise ValueError(f"no t2t rows with task {task!r}; tasks: {t2t_tasks()}")
     if name == "shakespeare":
         features = datasets.Features({"text": datasets.Value("string")})
-    elif name == "sentiment":
+    elif name in ("sentiment", "mentions"):  # text, label and one string column (source / play)
         features = datasets.Features(
             {
-                "text": datasets.Value("string"),
-                "label": datasets.ClassLabel(names=SENTIMENT_LABELS),
-                "source": datasets.Value("string"),
-            }
-        )
-    elif name == "mentions":
-        features = datasets.Features(
-            {
-                "text": datasets.Value("string"),
-                "label": datasets.ClassLabel(names=MENTION_LABELS),
-                "play": datasets.Value("string"),
+                col: datasets.ClassLabel(names=_LABELS[name]) if col == "label" else datasets.Value("string")
+                for col in _COLUMNS[name]
             }
         )
     elif name == "characters":
