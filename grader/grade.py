@@ -7,6 +7,7 @@ SUBMISSIONS is a folder or a .zip laid out as nbgrader's submitted/ directory:
 OUT receives:
     grades.csv          one row per student x assignment found in the input
     cell_grades.csv     one row per graded cell
+    verdicts.csv        one row per hidden check: points, score, verdict, what the kernel showed, message
     feedback/<student_id>/<assignment_id>/<assignment_id>.html
     autograded/...      the executed notebooks, as nbgrader left them
     score_distribution.png, gradebook.db, grading.log
@@ -15,6 +16,10 @@ The input is never modified: it is copied (or unzipped) into a private working c
 directory. A bad submission (unreadable, missing, looping, crashing its kernel, printing
 50 MB) gets its own row and score and never stops the batch. The exit status is 0 unless the
 grading machinery itself failed.
+
+Scores come only from the trusted verdicts (grader/trusted.py, grader/scoring.py): the hidden
+checks record what the learner's code returned, and this process judges those records after the
+kernel has exited. Nothing the kernel reports (an exception or its absence) is a score.
 """
 
 import argparse
@@ -36,12 +41,16 @@ import nbformat
 from tqdm import tqdm
 
 from grader.assignments import SOLUTIONS, assignment_ids, budget_s
+from grader.hidden import hidden_tests
 from grader.nbgrader_cli import nbgrader
-from grader.submission import UnreadableNotebook, missing_test_cells, read_notebook, repair
+from grader.scoring import score_submission
+from grader.submission import UnreadableNotebook, read_notebook, repair
+from grader.trusted import RECORD_DIR_ENV
 
 STUDENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]*$")
 GRADE_COLUMNS = ["student_id", "assignment", "score", "max_score", "status", "message"]
 CELL_COLUMNS = ["student_id", "assignment", "grade_id", "score", "max_score"]
+VERDICT_COLUMNS = ["student_id", "assignment", "grade_id", "check", "points", "score", "verdict", "kernel", "message"]
 
 
 class GradingError(Exception):
@@ -57,6 +66,8 @@ class Row:
     status: str = "graded"
     message: str = ""
     notes: list = field(default_factory=list, repr=False)
+    verdicts: list = field(default_factory=list, repr=False)
+    judge_s: float = field(default=0.0, repr=False)  # seconds spent judging the records (grading.log)
 
 
 # ----------------------------------------------------------------------------- input
@@ -129,8 +140,9 @@ def discover(root: Path) -> list[tuple[str, str, Path | None, list[str]]]:
 
 # ----------------------------------------------------------------------------- grading
 
-def prepare_course(work: Path, log) -> dict[str, nbformat.NotebookNode]:
-    """A private nbgrader course: the instructor notebooks, a fresh gradebook, the release."""
+def prepare_course(work: Path, log) -> tuple[dict, dict]:
+    """A private nbgrader course: the instructor notebooks, a fresh gradebook, the release; and
+    each assignment's hidden tests, read from the private copy before any submission runs."""
     shutil.copytree(SOLUTIONS, work / "solutions", ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
     releases = {}
     for aid in assignment_ids():
@@ -139,7 +151,8 @@ def prepare_course(work: Path, log) -> dict[str, nbformat.NotebookNode]:
         if result.returncode != 0 or not release.exists():
             raise GradingError(f"nbgrader generate_assignment {aid} failed; see grading.log")
         releases[aid] = nbformat.read(release, as_version=4)
-    return releases
+    tests = {aid: hidden_tests(aid, work / "solutions" / aid / f"{aid}.ipynb") for aid in releases}
+    return releases, tests
 
 
 def _failure_summary(autograded: Path) -> str:
@@ -158,23 +171,23 @@ def _failure_summary(autograded: Path) -> str:
     return "failed " + "; ".join(failed) if failed else ""
 
 
-def grade_one(row: Row, notebook: Path, work: Path, release, cell_timeout: int, cap: int, log) -> Row:
+def grade_one(row: Row, notebook: Path, work: Path, release, tests, cell_timeout: int, cap: int, log) -> Row:
     try:
         nb = read_notebook(notebook)
     except UnreadableNotebook as exc:
         row.status, row.message = "unreadable", str(exc)
         return row
     row.notes += repair(nb, release)
-    missing = missing_test_cells(nb, release)
-    if missing:
-        row.notes.append(f"test cell(s) restored from the gradebook: {', '.join(missing)}")
     dest = work / "submitted" / row.student_id / row.assignment
     dest.mkdir(parents=True, exist_ok=True)
     nbformat.write(nb, dest / f"{row.assignment}.ipynb")
+    records = work.parent / "records" / row.student_id / row.assignment  # where the checks leave results
+    shutil.rmtree(records, ignore_errors=True)
+    records.mkdir(parents=True)
     try:
         result = nbgrader("autograde", row.assignment, f"--student={row.student_id}", "--force",
                           f"--Execute.timeout={cell_timeout}", root=work, db=work / "gradebook.db",
-                          timeout=cap, log=log)
+                          timeout=cap, log=log, env={RECORD_DIR_ENV: str(records)})
     except subprocess.TimeoutExpired:
         row.status = "timeout"
         row.message = (f"grading stopped after {cap} s, the wall-clock cap per notebook; nothing was scored. "
@@ -195,6 +208,12 @@ def grade_one(row: Row, notebook: Path, work: Path, release, cell_timeout: int, 
         tail = [ln for ln in result.stdout.splitlines() if "ERROR" in ln][-3:]
         row.status, row.message = "error", "nbgrader could not grade this notebook: " + " | ".join(tail)[:400]
         return row
+    t0 = time.perf_counter()
+    row.verdicts, disagreements = score_submission(row.student_id, row.assignment, out, tests, records,
+                                                   work / "gradebook.db")
+    row.judge_s = time.perf_counter() - t0
+    row.notes += disagreements
+    shutil.rmtree(records, ignore_errors=True)
     row.message = _failure_summary(out)
     if "Timeout waiting for execute reply" in result.stdout or "CellTimeoutError" in row.message:
         row.notes.append(f"a cell ran past the per-cell limit of {cell_timeout} s and was interrupted")
@@ -308,7 +327,7 @@ def grade(submissions: Path, out: Path, cell_timeout: int | None = None, noteboo
         found = discover(root)
         if not found:
             raise GradingError(f"no <student_id>/<assignment_id>/ folders found in {submissions}")
-        releases = prepare_course(work, log)
+        releases, tests = prepare_course(work, log)
         rows = []
         bar = tqdm(found, desc="grading", unit="notebook", file=sys.stderr)
         for sid, aid, notebook, notes in bar:
@@ -324,12 +343,13 @@ def grade(submissions: Path, out: Path, cell_timeout: int | None = None, noteboo
             else:
                 budget = budget_s(aid)
                 try:
-                    row = grade_one(row, notebook, work, releases[aid], cell_timeout or 2 * budget,
+                    row = grade_one(row, notebook, work, releases[aid], tests[aid], cell_timeout or 2 * budget,
                                     notebook_cap or 4 * budget + 60, log)
                 except Exception as exc:  # one broken submission must never stop the batch
                     log.write(traceback.format_exc())
                     row.status, row.message = "error", f"could not grade: {type(exc).__name__}: {exc}"[:300]
-            log.write(f"# {sid}/{aid}: {row.status} in {time.perf_counter() - t0:.1f} s\n")
+            log.write(f"# {sid}/{aid}: {row.status} in {time.perf_counter() - t0:.1f} s "
+                      f"(trusted verdicts {row.judge_s:.2f} s)\n")
             rows.append(row)
         cells = read_scores(work / "gradebook.db", rows)
         for row in rows:
@@ -343,6 +363,7 @@ def grade(submissions: Path, out: Path, cell_timeout: int | None = None, noteboo
     log.close()
     write_csv(out / "grades.csv", GRADE_COLUMNS, [asdict(r) for r in rows])
     write_csv(out / "cell_grades.csv", CELL_COLUMNS, cells)
+    write_csv(out / "verdicts.csv", VERDICT_COLUMNS, [asdict(v) for r in rows for v in r.verdicts])
     plot_distribution(cells, out / "score_distribution.png")
     return rows
 

@@ -25,13 +25,16 @@ def nbgrader_env() -> dict:
     # Graded checks run on CPU whatever the grading machine has (CURRICULUM.md, Time rule).
     env["DEEPDIVE_DEVICE"] = "cpu"
     env["CUDA_VISIBLE_DEVICES"] = ""
+    env.pop("DEEPDIVE_RECORD_DIR", None)  # set per submission by grader.grade, never inherited
     return env
 
 
-def nbgrader(*args: str, root: Path, db: Path, timeout: float | None = None, log=None) -> subprocess.CompletedProcess:
+def nbgrader(*args: str, root: Path, db: Path, timeout: float | None = None, log=None,
+             env: dict | None = None) -> subprocess.CompletedProcess:
     """`nbgrader <args>` on the course root `root` with gradebook `db`; output captured.
 
     Runs in its own process group so that a wall-clock timeout also kills the kernel it started.
+    `env` adds variables for nbgrader and the kernels it starts (e.g. where checks record results).
     Raises subprocess.TimeoutExpired after killing the group.
     """
     cmd = [
@@ -40,7 +43,7 @@ def nbgrader(*args: str, root: Path, db: Path, timeout: float | None = None, log
         f"--CourseDirectory.db_url=sqlite:///{db}",
     ]
     proc = subprocess.Popen(
-        cmd, cwd=root, env=nbgrader_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        cmd, cwd=root, env={**nbgrader_env(), **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, start_new_session=True,
     )
     try:

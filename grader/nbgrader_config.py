@@ -16,8 +16,9 @@ c.CourseDirectory.ignore = [".ipynb_checkpoints", "*.pyc", "__pycache__", "feedb
 
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
 
-# A learner who deletes or empties a test cell still gets it graded: autograding restores it
-# from the gradebook (emptied cells are overwritten by OverwriteCells in any case).
+# A learner who deletes or empties a test cell still gets it graded: grader/submission.py puts a
+# deleted one back from the release, and OverwriteCells restores every locked cell's source from
+# the gradebook. add_missing_cells stays on as a second line of defence.
 c.OverwriteCells.add_missing_cells = True
 c.Autograde.create_student = True
 

@@ -1,8 +1,8 @@
 """Reading a learner's submitted notebook, and repairing what nbgrader cannot cope with.
 
-nbgrader restores deleted or emptied *test* cells from the gradebook by itself
-(`OverwriteCells.add_missing_cells`). Two cases it cannot handle are repaired here, before
-nbgrader sees the notebook, and every repair is reported in the learner's grade message:
+nbgrader restores the source of emptied or edited locked cells from the gradebook by itself
+(`OverwriteCells`). The cases it cannot handle are repaired here, before nbgrader sees the
+notebook, and every repair is reported in the learner's grade message:
 
 - cell metadata stripped (the notebook was copied cell by cell into a new one, or edited by a
   tool that drops metadata): nbgrader no longer knows which cell is which and crashes. Each
@@ -10,7 +10,11 @@ nbgrader sees the notebook, and every repair is reported in the learner's grade 
   their stub, test cells by their exact source — and gets its metadata back;
 - a solution cell deleted: nbgrader inserts a missing test cell after the cell that preceded
   it in the release and crashes when that cell is gone too. An empty placeholder (a comment,
-  so it never shadows code the learner wrote elsewhere) takes its place.
+  so it never shadows code the learner wrote elsewhere) takes its place;
+- a test cell deleted (a hidden test, or a visible one: read-only, no points): it is put back,
+  copied from the release, and nbgrader then restores its full source from the gradebook as
+  for any locked cell. (nbgrader's own `add_missing_cells` crashes when the cell before a
+  missing one is a read-only cell, as every visible test is.)
 """
 
 import copy
@@ -80,7 +84,7 @@ def repair(nb, release_nb) -> list[str]:
     for the grade message (empty if nothing had to be repaired).
     """
     present = {_grade_id(c): i for i, c in enumerate(nb.cells) if _grade_id(c)}
-    restored, placeholders = [], []
+    restored, placeholders, tests = [], [], []
     pos = -1  # index in nb.cells of the last graded cell seen, in release order
     for rcell in release_nb.cells:
         gid = _grade_id(rcell)
@@ -100,27 +104,25 @@ def repair(nb, release_nb) -> list[str]:
                 restored.append(gid)
                 break
         else:
-            if rcell.metadata["nbgrader"].get("solution"):
+            meta = rcell.metadata["nbgrader"]
+            if meta.get("solution"):
                 stub = nbformat.v4.new_code_cell(f"# The solution cell '{gid}' was missing from the submission.")
                 stub.metadata = copy.deepcopy(rcell.metadata)
-                nb.cells.insert(pos + 1, stub)
-                present = {_grade_id(c): i for i, c in enumerate(nb.cells) if _grade_id(c)}
-                pos += 1
                 placeholders.append(gid)
-            # A missing test cell is left to nbgrader (add_missing_cells restores it from the gradebook).
+            elif meta.get("locked"):
+                stub = copy.deepcopy(rcell)
+                tests.append(gid)
+            else:
+                continue
+            nb.cells.insert(pos + 1, stub)
+            present = {_grade_id(c): i for i, c in enumerate(nb.cells) if _grade_id(c)}
+            pos += 1
     notes = []
     if restored:
         notes.append(f"nbgrader metadata restored for {len(restored)} cell(s) ({', '.join(restored[:4])}"
                      f"{', ...' if len(restored) > 4 else ''})")
     if placeholders:
         notes.append(f"solution cell(s) missing: {', '.join(placeholders)}")
+    if tests:
+        notes.append(f"test cell(s) restored: {', '.join(tests)}")
     return notes
-
-
-def missing_test_cells(nb, release_nb) -> list[str]:
-    """Grade ids of test cells absent from `nb` (nbgrader will restore them)."""
-    have = {_grade_id(c) for c in nb.cells}
-    return [
-        _grade_id(c) for c in release_nb.cells
-        if _grade_id(c) and c.metadata["nbgrader"].get("grade") and _grade_id(c) not in have
-    ]

@@ -1,9 +1,12 @@
 """`make grade` end to end: the reference gets full marks, the released stubs fail every graded
-test, and bad submissions each get their own honest row without disturbing the batch."""
+test, bad submissions each get their own honest row without disturbing the batch, and hostile
+submissions (tests/hostile.py) score no more than their wrong answer alone: the grade is the
+trusted verdict (grader/trusted.py), not what the student's kernel reports."""
 
 import copy
 import csv
 import hashlib
+import html
 import json
 import re
 import subprocess
@@ -13,8 +16,10 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from hostile import TRICKS, hostile_submissions, perfect_submission
 
 from grader.assignments import ROOT, assignment_ids, course_notebook, solution_notebook
+from grader.hidden import split_hidden_source
 
 pytestmark = pytest.mark.slow
 ADVERSARIAL_AID = "02_attention"  # the quickest module: the batch below grades it ten times
@@ -36,16 +41,6 @@ def tree_digest(folder: Path) -> str:
 
 def gid(cell):
     return cell.metadata.get("nbgrader", {}).get("grade_id")
-
-
-def perfect_submission(aid: str):
-    """What a learner who solved everything hands in: the release with solution cells filled in."""
-    reference = {gid(c): c.source for c in nbformat.read(solution_notebook(aid), as_version=4).cells if gid(c)}
-    nb = nbformat.read(course_notebook(aid), as_version=4)
-    for cell in nb.cells:
-        if cell.metadata.get("nbgrader", {}).get("solution"):
-            cell.source = reference[gid(cell)]
-    return nb
 
 
 def put(root: Path, student: str, aid: str, nb=None, raw: str | None = None) -> None:
@@ -188,12 +183,17 @@ def adversarial(tmp_path_factory):
                          "    warnings.warn('this API is deprecated', UserWarning, stacklevel=2)\n"
                          "    return _inner(*args, **kwargs)\n")
     put(subs, "stderr_warnings", aid, nb)
+    for student, hostile in hostile_submissions(aid).items():  # graded in the same batch, beside the rest
+        put(subs, student, aid, hostile)
 
     out = base / "out"
     run_grade(subs, out, "--cell-timeout", "20", "--notebook-timeout", "90")
     rows = {r["student_id"]: r for r in read_csv(out / "grades.csv")}
     cells = read_csv(out / "cell_grades.csv")
     return rows, cells, out, (sol, visible, hidden)
+
+
+HOSTILE = ["honest_reference", "wrong_alone", *TRICKS]
 
 
 def _full(row):
@@ -204,11 +204,11 @@ def test_every_submission_gets_a_row(adversarial):
     rows, *_ = adversarial
     assert set(rows) == {"control", "deleted_tests", "emptied_test", "stripped_metadata", "malformed_json",
                          "missing_notebook", "infinite_loop", "uninterruptible_loop", "kernel_exit",
-                         "huge_print", "stderr_warnings"}
+                         "huge_print", "stderr_warnings", *HOSTILE}
 
 
 @pytest.mark.parametrize("student", ["control", "deleted_tests", "emptied_test", "stripped_metadata",
-                                     "huge_print", "stderr_warnings"])
+                                     "huge_print", "stderr_warnings", "honest_reference"])
 def test_recoverable_submissions_get_full_marks(adversarial, student):
     rows, *_ = adversarial
     assert _full(rows[student]), rows[student]
@@ -216,7 +216,7 @@ def test_recoverable_submissions_get_full_marks(adversarial, student):
 
 def test_deleted_and_stripped_submissions_say_what_was_restored(adversarial):
     rows, _, _, (_, visible, hidden) = adversarial
-    assert visible in rows["deleted_tests"]["message"] and hidden in rows["deleted_tests"]["message"]
+    assert f"test cell(s) restored: {visible}, {hidden}" in rows["deleted_tests"]["message"]
     assert "metadata restored" in rows["stripped_metadata"]["message"]
 
 
@@ -234,12 +234,12 @@ def test_broken_submissions_score_zero_with_a_reason(adversarial, student, statu
 
 def test_an_infinite_loop_costs_only_its_own_exercise(adversarial):
     rows, cells, *_ = adversarial
-    _, visible, hidden = _exercise_of(perfect_submission(ADVERSARIAL_AID), -1)
+    _, _, hidden = _exercise_of(perfect_submission(ADVERSARIAL_AID), -1)
     row = rows["infinite_loop"]
     mine = {c["grade_id"]: float(c["score"]) for c in cells if c["student_id"] == "infinite_loop"}
     assert row["status"] == "graded" and "per-cell limit" in row["message"], row
-    assert mine[visible] == 0 and mine[hidden] == 0
-    others = {k: v for k, v in mine.items() if k not in (visible, hidden)}
+    assert mine[hidden] == 0
+    others = {k: v for k, v in mine.items() if k != hidden}
     assert others and all(v > 0 for v in others.values()), f"other exercises lost points: {others}"
 
 
@@ -267,3 +267,80 @@ def test_wall_clock_cap_stops_a_notebook_whose_cells_are_each_within_limits(tmp_
     run_grade(tmp_path / "submitted", tmp_path / "out", "--cell-timeout", "20", "--notebook-timeout", "20")
     (row,) = read_csv(tmp_path / "out" / "grades.csv")
     assert row["status"] == "timeout" and float(row["score"]) == 0.0 and "wall-clock cap" in row["message"], row
+
+
+# ----------------------------------------------------------------------------- hostile submissions
+
+def _score(row) -> float:
+    return float(row["score"])
+
+
+def test_the_wrong_answer_alone_loses_points(adversarial):
+    rows, *_ = adversarial
+    wrong = rows["wrong_alone"]
+    assert wrong["status"] == "graded" and 0 < _score(wrong) < float(wrong["max_score"]), wrong
+
+
+@pytest.mark.parametrize("trick", list(TRICKS))
+def test_a_trick_scores_no_more_than_the_wrong_answer_alone(adversarial, trick):
+    rows, *_ = adversarial
+    assert rows[trick]["status"] == "graded", rows[trick]
+    assert _score(rows[trick]) <= _score(rows["wrong_alone"]), (
+        f"{trick} scored {rows[trick]['score']} but the same wrong answer alone scores {rows['wrong_alone']['score']}")
+
+
+@pytest.mark.parametrize("trick", ["trick_patched_compare", "trick_custom_exc", "trick_import_hook", "trick_all"])
+def test_a_kernel_that_lies_is_reported_to_the_instructor(adversarial, trick):
+    """The tricks make hidden cells pass in the student's kernel; the verdict says failed, and the
+    row says so. (The tensor subclass is caught in the kernel too: results are read as plain numbers.)"""
+    rows, *_ = adversarial
+    assert "passed in the submission's own kernel but failed the grader's verdict" in rows[trick]["message"], rows[trick]
+
+
+def test_verdicts_csv_has_a_row_per_check_and_says_what_the_kernel_showed(adversarial):
+    rows, _, out, _ = adversarial
+    verdicts = read_csv(out / "verdicts.csv")
+    honest = [v for v in verdicts if v["student_id"] == "honest_reference"]
+    assert honest and all(v["verdict"] == v["kernel"] == "passed" for v in honest)
+    assert sum(float(v["score"]) for v in honest) == float(rows["honest_reference"]["score"])
+    hooked = [v for v in verdicts if v["student_id"] == "trick_import_hook" and v["verdict"] == "failed"]
+    assert hooked and all(v["kernel"] == "passed" for v in hooked)
+    assert any("no result was recorded" in v["message"] for v in hooked)
+
+
+def _page_text(page: Path) -> str:
+    """What a browser shows of a feedback page: tags dropped (highlighted code is split into
+    spans), entities decoded."""
+    return html.unescape(re.sub(r"<[^>]+>", "", page.read_text(encoding="utf-8")))
+
+
+def _hidden_code_lines(aid: str) -> list[str]:
+    nb = nbformat.read(solution_notebook(aid), as_version=4)
+    lines = []
+    for cell in nb.cells:
+        if "BEGIN HIDDEN TESTS" in cell.source:
+            lines += [ln.strip() for ln in split_hidden_source(cell.source)[1].splitlines() if ln.strip()]
+    return lines
+
+
+def test_feedback_and_executed_notebooks_show_no_hidden_test_code(adversarial, reference_and_stubs):
+    """Every feedback page and executed notebook of both graded batches: no line of a hidden cell's
+    code and no grader module path, except what the student's own submission holds (a hostile
+    submission names grader.checks itself; the reference is the instructor notebook)."""
+    _, _, out, _ = adversarial
+    base, _, _ = reference_and_stubs
+    graded = [*out.glob("*/*/*/*.html"), *out.glob("autograded/*/*/*.ipynb"),
+              *(base / "out").glob("*/*/*/*.html"), *(base / "out").glob("autograded/*/*/*.ipynb")]
+    assert len(graded) > 20
+    forbidden = {aid: [*_hidden_code_lines(aid), "grader.checks", "grader/checks", "grader.trusted", "grader/trusted"]
+                 for aid in assignment_ids()}
+    for path in graded:
+        student, aid = path.parent.parent.name, path.parent.name
+        submitted = path.parents[4] / "submitted" / student / aid / f"{aid}.ipynb"
+        own = submitted.read_text(encoding="utf-8") if submitted.exists() else ""
+        text = _page_text(path) if path.suffix == ".html" else path.read_text(encoding="utf-8")
+        leaked = [line for line in forbidden[aid] if line in text and line not in own]
+        assert not leaked, f"{student}/{aid}/{path.name} shows hidden-test code: {leaked[:3]}"
+    page = _page_text(out / "feedback" / "wrong_alone" / ADVERSARIAL_AID / f"{ADVERSARIAL_AID}.html")
+    assert "FAILED  check_scaled_dot_product_attention (3 points)" in page
+    assert "judged by the grader" in page

@@ -34,3 +34,55 @@ def assert_close(actual, expected, what: str, atol: float = 1e-5, rtol: float = 
             f"expected {expected[idx].item():.5g})"
         )
         raise AssertionError(msg + (f". Hint: {hint}" if hint else ""))
+
+
+def _outputs(result) -> tuple:
+    return result if isinstance(result, tuple) else (result,)
+
+
+def _learner_gradients(fn, inputs, rest, cotangents):
+    """On the learner's side: d<c, fn(x)>/dx by autograd through the learner's own code."""
+    leaves = tuple(t.clone().requires_grad_(True) for t in inputs)
+    outs = _outputs(fn(*leaves, *rest))
+    loss = sum((o * c).sum() for o, c in zip(outs, cotangents))
+    grads = torch.autograd.grad(loss, leaves, allow_unused=True)
+    return tuple(torch.zeros_like(x) if gr is None else gr for x, gr in zip(leaves, grads))
+
+
+def assert_gradients_match_finite_differences(fn, inputs, rest, what, g, n_directions=3, eps=1e-6,
+                                              atol=1e-6, rtol=1e-4, hint=""):
+    """A float64 gradcheck whose verdict the judge makes, not the learner's kernel.
+
+    `fn` is a graded name (a proxy), called as fn(*inputs, *rest); it returns a tensor or a tuple of
+    tensors. For random cotangents c, the learner's side computes the gradient of <c, fn(x)> with
+    autograd through the learner's code; for random directions u, the learner's own outputs at
+    x + eps u and x - eps u give the central difference (<c, fn(x + eps u)> - <c, fn(x - eps u)>) / 2 eps.
+    Both come back as plain numbers and the comparison happens here: the directional derivative
+    that autograd claims, sum_i <grad_i, u_i>, must equal the one the forward pass shows.
+    """
+    from grader.trusted import LearnerRaised, live, on_learner_side
+
+    outs = _outputs(fn(*inputs, *rest))
+    if not all(isinstance(o, torch.Tensor) and o.is_floating_point() for o in outs):
+        raise AssertionError(f"{what}: expected float tensors from float64 inputs, got "
+                             f"{', '.join(type(o).__name__ if not isinstance(o, torch.Tensor) else str(o.dtype) for o in outs)}")
+    cotangents = [torch.randn(o.shape, generator=g, dtype=torch.float64) for o in outs]
+    try:
+        grads = on_learner_side("gradients", lambda: _learner_gradients(live(fn), inputs, rest, cotangents))
+    except LearnerRaised as exc:
+        raise AssertionError(
+            f"{what}: autograd could not compute gradients through your code ({exc.type_name}: "
+            f"{exc.message[:200]}). Keep everything in torch ops on the inputs: no .detach(), .data, .item(), "
+            "numpy or torch.no_grad()") from None
+    for _ in range(n_directions):
+        u = [torch.randn(x.shape, generator=g, dtype=torch.float64) for x in inputs]
+        plus = _outputs(fn(*(x + eps * d for x, d in zip(inputs, u)), *rest))
+        minus = _outputs(fn(*(x - eps * d for x, d in zip(inputs, u)), *rest))
+        numeric = sum(((p - m) * c).sum() for p, m, c in zip(plus, minus, cotangents)) / (2 * eps)
+        analytic = sum((gr * d).sum() for gr, d in zip(grads, u))
+        if not abs(numeric - analytic) <= atol + rtol * abs(numeric):
+            raise AssertionError(
+                f"{what}: the gradients autograd computes through your code disagree with finite "
+                f"differences of your own outputs (directional derivative {float(analytic):.6g} from autograd, "
+                f"{float(numeric):.6g} measured). Keep everything in torch ops on the inputs: no .detach(), "
+                ".data, .item(), numpy or torch.no_grad()" + (f". Hint: {hint}" if hint else ""))

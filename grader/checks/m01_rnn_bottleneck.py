@@ -3,16 +3,19 @@ the two recall models.
 
 Oracles: `torch.nn.RNN(batch_first=True)` with copied weights for `rnn_forward`;
 `F.scaled_dot_product_attention` with one query for `attention_lookup`. The recall models are
-trained here, from their own seed, with the course's loop (`deepdive.recall`), so a grade never
-depends on what the notebook ran before.
+trained from their own seed with the course's loop (`deepdive.recall`), so a grade never depends on
+what the notebook ran before. Training runs on the learner's side (it needs their model); the
+held-out sequences and their targets stay here, the model's logits come back and the accuracy is
+computed by the check (grader/trusted.py).
 """
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepdive.recall import RecallConfig, evaluate_recall, make_recall_batch, train_recall
+from deepdive.recall import RecallConfig, make_recall_batch, train_recall
 from grader.checks._common import assert_close, assert_shape, generator
+from grader.trusted import LearnerRaised, live, on_learner_side, trusted_check
 
 # ---------------------------------------------------------------------------------------------
 # rnn_forward
@@ -40,6 +43,7 @@ def _random_loss(outputs, h_last, seed):
     return (outputs * torch.randn(outputs.shape, generator=g)).sum() + (h_last * torch.randn(h_last.shape, generator=g)).sum()
 
 
+@trusted_check(points=4)
 def check_rnn_forward(rnn_forward, seed=0):
     g = generator(seed)
     # Distinct sizes (B != T != D_in != H) so that a swapped axis cannot pass by accident.
@@ -65,16 +69,18 @@ def check_rnn_forward(rnn_forward, seed=0):
         )
         assert_close(h_last, expected_h, f"h_last ({case})", hint="h_last is the hidden state after step T-1")
 
-        # Backpropagation through time must reach every step: no detach() inside the loop.
+        # Backpropagation through time must reach every step: no detach() inside the loop. The
+        # learner's side runs autograd through their code; the oracle's gradients are computed here.
         names = ["x", "W_xh", "W_hh", "b_h"] + (["h0"] if h0 is not None else [])
-        leaves = [t.clone().requires_grad_(True) for t in (x, W_xh, W_hh, b_h)]
-        leaves += [h0.clone().requires_grad_(True)] if h0 is not None else [None]
-        mine = rnn_forward(*leaves)
-        if not (mine[0].requires_grad and mine[1].requires_grad):
+        try:
+            flags, mine_grads = on_learner_side("gradients", lambda inputs=(x, W_xh, W_hh, b_h, h0): _learner_grads(
+                live(rnn_forward), inputs, seed))
+        except LearnerRaised as exc:
+            raise exc.explain(f"backpropagating through rnn_forward ({case})") from None
+        if not all(flags):
             raise AssertionError(
                 f"rnn_forward's results carry no gradient ({case}): do not use torch.no_grad(), .detach() or .data"
             )
-        mine_grads = torch.autograd.grad(_random_loss(*mine, seed), [t for t in leaves if t is not None], allow_unused=True)
         x_ref = x.clone().requires_grad_(True)
         h0_ref = h0.clone().requires_grad_(True) if h0 is not None else None
         ref_out, ref_h, rnn = _oracle_rnn(x_ref, W_xh, W_hh, b_h, h0_ref)
@@ -93,6 +99,18 @@ def check_rnn_forward(rnn_forward, seed=0):
             )
 
 
+def _learner_grads(rnn_forward, inputs, seed):
+    """On the learner's side: whether both results carry a gradient, and the gradients of the
+    random loss with respect to every input that was given (None where the graph does not reach)."""
+    leaves = [None if t is None else t.clone().requires_grad_(True) for t in inputs]
+    outputs, h_last = rnn_forward(*leaves)
+    flags = (bool(outputs.requires_grad), bool(h_last.requires_grad))
+    if not all(flags):
+        return flags, ()
+    given = [t for t in leaves if t is not None]
+    return flags, torch.autograd.grad(_random_loss(outputs, h_last, seed), given, allow_unused=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # attention_lookup
 
@@ -102,6 +120,7 @@ def _oracle_lookup(query, keys, values):
     return out.squeeze(1)
 
 
+@trusted_check(points=4)
 def check_attention_lookup(attention_lookup, seed=0):
     g = generator(seed)
     for B, T, D, D_v, scale in [(3, 6, 5, 4, 1.0), (2, 1, 8, 3, 1.0), (4, 9, 16, 7, 3.0), (2, 5, 4, 6, 100.0)]:
@@ -138,7 +157,7 @@ RNN_DISTRACTORS = 4  # short sequences: a working RNN solves them
 ATTENTION_DISTRACTORS = 32  # the longest T in the notebook's experiment
 
 # Calibration (reference solution from the instructor notebook, CPU float32, RecallConfig()
-# defaults = the notebook's settings, weights and data from the seed as in _train_and_evaluate):
+# defaults = the notebook's settings, weights and data from the seed as in _train_and_predict):
 #   RNNRecall, T=4:        seeds 0-9 -> 0.996 1.000 1.000 0.997 0.997 1.000 0.997 1.000 0.998 0.997
 #   AttentionRecall, T=32: seeds 0-9 -> 1.000 (all ten)
 # Chance is 1/16 = 0.0625. Threshold 0.80: margin >= 0.196 below the worst reference run.
@@ -160,43 +179,91 @@ def _build(model_cls, seed, **kwargs):
         return model_cls(**kwargs)
 
 
-def _train_and_evaluate(model, n_distractors, seed):
+def _eval_batch(n_distractors, seed):
+    """The held-out sequences, drawn here from their own seed (never seen in training)."""
     cfg = RECALL_CFG
-    train_recall(model, n_distractors, cfg, generator(seed))
-    return evaluate_recall(model, n_distractors, cfg, generator(10_000 + seed))
+    return make_recall_batch(cfg.eval_size, n_distractors, cfg.n_keys, cfg.n_values, generator(10_000 + seed),
+                             cfg.random_position)
 
 
-def _check_logits_shape(model, name, n_values, seed):
-    batch = make_recall_batch(5, 3, RECALL_CFG.n_keys, n_values, generator(seed))
-    with torch.no_grad():
-        logits = model(batch.keys, batch.values, batch.query)
-    assert_shape(logits, (5, n_values), f"{name}(keys, values, query)", "logits over the value vocabulary, (B, n_values)")
-    return batch, logits
+def _probe_batch(seed):
+    return make_recall_batch(5, 3, RECALL_CFG.n_keys, RECALL_CFG.n_values, generator(seed))
 
 
+@torch.no_grad()
+def _logits(model, keys, values, query):
+    return model(keys, values, query)
+
+
+def _learner_probe(state, model_cls, seed, kwargs, probes):
+    """On the learner's side: build the model from `seed`, keep it for training, return its logits
+    for each (keys, values, query) probe."""
+    state["model"] = _build(model_cls, seed, **kwargs)
+    return tuple(_logits(state["model"], *p) for p in probes)
+
+
+def _learner_train_and_predict(state, n_distractors, seed, batch):
+    """On the learner's side: train with the course's loop from `seed`, return logits on `batch`.
+    The accuracy is computed by the check, from the targets it kept."""
+    model = state["model"]
+    train_recall(model, n_distractors, RECALL_CFG, generator(seed))
+    model.eval()
+    return _logits(model, batch.keys, batch.values, batch.query)
+
+
+def _accuracy(logits, batch, name, n_values) -> float:
+    assert_shape(logits, (batch.target.numel(), n_values), f"{name} logits on the held-out sequences")
+    return (logits.argmax(dim=-1) == batch.target).float().mean().item()
+
+
+def _build_and_probe(model_cls, name, seed, kwargs, probes, state):
+    try:
+        logits = on_learner_side(f"{name}: build and run", lambda: _learner_probe(
+            state, live(model_cls), seed, kwargs, probes))
+    except LearnerRaised as exc:
+        raise exc.explain(f"{name}({', '.join(f'{k}={v}' for k, v in kwargs.items())}) and its forward") from None
+    for out in logits:
+        assert_shape(out, (5, RECALL_CFG.n_values), f"{name}(keys, values, query)",
+                     "logits over the value vocabulary, (B, n_values)")
+    return logits
+
+
+def _train_and_predict(name, n_distractors, seed, state):
+    batch = _eval_batch(n_distractors, seed)
+    try:
+        logits = on_learner_side(f"{name}: train and predict", lambda: _learner_train_and_predict(
+            state, n_distractors, seed, batch))
+    except LearnerRaised as exc:
+        raise exc.explain(f"training {name} with deepdive.recall.train_recall") from None
+    return _accuracy(logits, batch, name, RECALL_CFG.n_values)
+
+
+@trusted_check(points=3)
 def check_rnn_recall(RNNRecall, seed=0):
     cfg = RECALL_CFG
-    model = _build(RNNRecall, seed, n_keys=cfg.n_keys, n_values=cfg.n_values, d_embed=16, hidden=64)
-    batch, logits = _check_logits_shape(model, "RNNRecall", cfg.n_values, seed)
-
+    batch = _probe_batch(seed)
     # An RNN answers from the state after the *last* step, so the last inputs must matter:
     # the query (read at the final step) and the last distractor pair.
     other_query = batch.keys[:, 1]  # another key of the same sequences
     changed_last = batch.values.clone()
     changed_last[:, -1] = (changed_last[:, -1] + 1) % cfg.n_values
-    with torch.no_grad():
-        if torch.allclose(model(batch.keys, batch.values, other_query), logits):
-            raise AssertionError(
-                "RNNRecall's logits do not change when the query changes: feed the query as the final "
-                "step of the sequence (with the '?' value token) and read out the state after it"
-            )
-        if torch.allclose(model(batch.keys, changed_last, batch.query), logits):
-            raise AssertionError(
-                "RNNRecall's logits do not change when the last pair changes: the head must read h_last, "
-                "the state after the whole sequence, not an earlier one"
-            )
+    state = {}
+    logits, with_other_query, with_changed_last = _build_and_probe(
+        RNNRecall, "RNNRecall", seed, dict(n_keys=cfg.n_keys, n_values=cfg.n_values, d_embed=16, hidden=64),
+        [(batch.keys, batch.values, batch.query), (batch.keys, batch.values, other_query),
+         (batch.keys, changed_last, batch.query)], state)
+    if torch.allclose(with_other_query, logits):
+        raise AssertionError(
+            "RNNRecall's logits do not change when the query changes: feed the query as the final "
+            "step of the sequence (with the '?' value token) and read out the state after it"
+        )
+    if torch.allclose(with_changed_last, logits):
+        raise AssertionError(
+            "RNNRecall's logits do not change when the last pair changes: the head must read h_last, "
+            "the state after the whole sequence, not an earlier one"
+        )
 
-    acc = _train_and_evaluate(model, RNN_DISTRACTORS, seed)
+    acc = _train_and_predict("RNNRecall", RNN_DISTRACTORS, seed, state)
     if acc < RNN_MIN_ACCURACY:
         raise AssertionError(
             f"RNNRecall reaches accuracy {acc:.3f} after training on T={RNN_DISTRACTORS} distractors "
@@ -206,21 +273,22 @@ def check_rnn_recall(RNNRecall, seed=0):
         )
 
 
+@trusted_check(points=4)
 def check_attention_recall(AttentionRecall, seed=0):
     cfg = RECALL_CFG
-    model = _build(AttentionRecall, seed, n_keys=cfg.n_keys, n_values=cfg.n_values, d_model=32)
-    batch, logits = _check_logits_shape(model, "AttentionRecall", cfg.n_values, seed)
-
+    batch = _probe_batch(seed)
     # No positions anywhere: attention reads a *set* of (key, value) pairs, so their order cannot matter.
     perm = torch.randperm(batch.keys.shape[1], generator=generator(seed + 1))
-    with torch.no_grad():
-        shuffled = model(batch.keys[:, perm], batch.values[:, perm], batch.query)
+    state = {}
+    logits, shuffled = _build_and_probe(
+        AttentionRecall, "AttentionRecall", seed, dict(n_keys=cfg.n_keys, n_values=cfg.n_values, d_model=32),
+        [(batch.keys, batch.values, batch.query), (batch.keys[:, perm], batch.values[:, perm], batch.query)], state)
     assert_close(
         shuffled, logits, "AttentionRecall logits after shuffling the (key, value) pairs", atol=1e-5,
         hint="the model should score keys against the query and mix values; nothing depends on the order",
     )
 
-    acc = _train_and_evaluate(model, ATTENTION_DISTRACTORS, seed)
+    acc = _train_and_predict("AttentionRecall", ATTENTION_DISTRACTORS, seed, state)
     if acc < ATTENTION_MIN_ACCURACY:
         raise AssertionError(
             f"AttentionRecall reaches accuracy {acc:.3f} after training on T={ATTENTION_DISTRACTORS} "
