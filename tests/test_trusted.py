@@ -311,3 +311,27 @@ def test_a_well_formed_hidden_cell_is_parsed():
 def test_malformed_hidden_cells_are_refused(body, points, words):
     with pytest.raises(HiddenCellError, match=words.replace("(", r"\(").replace(")", r"\)")):
         parse_hidden_cell("02_attention", "x_hidden", _cell(IMPORT + body), points)
+
+
+@pytest.mark.parametrize("aid,check_name", [("01_rnn_bottleneck", "check_rnn_forward"),
+                                            ("02_attention", "check_sdpa_gradcheck")])
+def test_a_record_without_gradients_fails_closed(aid, check_name):
+    """A hand-written record whose 'gradients' steps hold nothing must not skip the comparison."""
+    from grader.assignments import checks_module
+    from grader.reference import reference_namespace
+
+    check = getattr(checks_module(aid), check_name)
+    ns = reference_namespace(aid)
+    record = _record_of_kwargs(check, {n: ns[n] for n in check.graded_names})
+    assert judge(check, record).passed
+    empty = _Encoder().encode(((True, True), ()) if aid.startswith("01") else ())
+    steps = [{"label": s["label"], "value": empty} if s["label"] == "gradients" else s for s in record.steps]
+    assert steps != record.steps
+    verdict = judge(check, Record(record.check, steps, record.tensors))
+    assert not verdict.passed and "gradient" in verdict.message
+
+
+def _record_of_kwargs(check, kwargs):
+    with capture_records() as records:
+        check(**kwargs)
+    return Record.from_bytes(*records[check.__name__].to_bytes())

@@ -74,10 +74,18 @@ def assert_gradients_match_finite_differences(fn, inputs, rest, what, g, n_direc
             f"{what}: autograd could not compute gradients through your code ({exc.type_name}: "
             f"{exc.message[:200]}). Keep everything in torch ops on the inputs: no .detach(), .data, .item(), "
             "numpy or torch.no_grad()") from None
+    # Every length and shape is checked before a zip: a record is data the learner controls.
+    if not (isinstance(grads, tuple) and len(grads) == len(inputs)
+            and all(isinstance(gr, torch.Tensor) and gr.shape == x.shape for gr, x in zip(grads, inputs))):
+        raise AssertionError(f"{what}: no gradient of the right shape came back for every input")
     for _ in range(n_directions):
         u = [torch.randn(x.shape, generator=g, dtype=torch.float64) for x in inputs]
         plus = _outputs(fn(*(x + eps * d for x, d in zip(inputs, u)), *rest))
         minus = _outputs(fn(*(x - eps * d for x, d in zip(inputs, u)), *rest))
+        for perturbed in (plus, minus):
+            if len(perturbed) != len(outs) or any(
+                    not isinstance(p, torch.Tensor) or p.shape != o.shape for p, o in zip(perturbed, outs)):
+                raise AssertionError(f"{what}: your function returned outputs of other shapes for nearby inputs")
         numeric = sum(((p - m) * c).sum() for p, m, c in zip(plus, minus, cotangents)) / (2 * eps)
         analytic = sum((gr * d).sum() for gr, d in zip(grads, u))
         if not abs(numeric - analytic) <= atol + rtol * abs(numeric):

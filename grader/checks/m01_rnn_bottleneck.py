@@ -81,6 +81,8 @@ def check_rnn_forward(rnn_forward, seed=0):
             raise AssertionError(
                 f"rnn_forward's results carry no gradient ({case}): do not use torch.no_grad(), .detach() or .data"
             )
+        if not (isinstance(mine_grads, tuple) and len(mine_grads) == len(names)):  # fail closed on odd records
+            raise AssertionError(f"no gradients came back for {', '.join(names)} ({case})")
         x_ref = x.clone().requires_grad_(True)
         h0_ref = h0.clone().requires_grad_(True) if h0 is not None else None
         ref_out, ref_h, rnn = _oracle_rnn(x_ref, W_xh, W_hh, b_h, h0_ref)
