@@ -47,6 +47,7 @@ import inspect
 import json
 import os
 import re
+import stat
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -275,13 +276,27 @@ class Record:
     @classmethod
     def read(cls, folder: Path, check: str) -> "Record":
         meta_path, blob_path = folder / f"{check}.json", folder / f"{check}.safetensors"
-        if not meta_path.is_file():
+        if not os.path.lexists(meta_path):
             raise RecordError("no result was recorded")
-        for p in (meta_path, blob_path):
-            if p.is_file() and p.stat().st_size > MAX_TENSOR_BYTES + MAX_JSON_BYTES:
-                raise RecordError("record larger than the grader accepts")
-        blob = blob_path.read_bytes() if blob_path.is_file() else b""
-        return cls.from_bytes(meta_path.read_bytes(), blob)
+        meta = _read_plain_file(meta_path, MAX_JSON_BYTES)
+        blob = _read_plain_file(blob_path, MAX_TENSOR_BYTES + MAX_JSON_BYTES) if os.path.lexists(blob_path) else b""
+        return cls.from_bytes(meta, blob)
+
+
+def _read_plain_file(path: Path, limit: int) -> bytes:
+    """Read at most `limit` bytes of a regular file. The learner's code could have left a symlink,
+    a pipe or a device (/dev/zero) under the record's name: those are refused, never followed."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError as exc:
+        raise RecordError(f"record cannot be opened ({exc.strerror})") from exc
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise RecordError("record is not a plain file")
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise RecordError("record larger than the grader accepts")
+    return data
 
 
 # ----------------------------------------------------------------------------- the two modes

@@ -335,3 +335,22 @@ def _record_of_kwargs(check, kwargs):
     with capture_records() as records:
         check(**kwargs)
     return Record.from_bytes(*records[check.__name__].to_bytes())
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "device"])
+def test_records_that_are_not_plain_files_are_refused_without_reading(tmp_path, kind):
+    """The learner's code can leave anything under a record's name; the grader must not hang on
+    /dev/zero or a pipe, nor follow a link to another file."""
+    import os
+
+    target = tmp_path / "check_double.json"
+    if kind == "symlink":
+        secret = tmp_path / "secret.json"
+        secret.write_text(json.dumps({"check": "check_double", "steps": []}))
+        target.symlink_to(secret)
+    elif kind == "fifo":
+        os.mkfifo(target)
+    else:
+        target.symlink_to("/dev/zero")
+    verdict = judge_saved(check_double, tmp_path)
+    assert not verdict.passed and "could not be used" in verdict.message
