@@ -73,6 +73,10 @@ class RecordError(Exception):
     """A record is missing, truncated or malformed: the check cannot be judged, so it fails."""
 
 
+class NoRecord(RecordError):
+    """No record at all: the check never ran to its end in the kernel (or was replaced)."""
+
+
 class LearnerRaised(AssertionError):
     """The learner's code raised while a check called it. The same exception, as recorded, is
     raised in kernel mode and in judge mode, so a check that catches it words both alike."""
@@ -277,7 +281,7 @@ class Record:
     def read(cls, folder: Path, check: str) -> "Record":
         meta_path, blob_path = folder / f"{check}.json", folder / f"{check}.safetensors"
         if not os.path.lexists(meta_path):
-            raise RecordError("no result was recorded")
+            raise NoRecord("no result was recorded")
         meta = _read_plain_file(meta_path, MAX_JSON_BYTES)
         blob = _read_plain_file(blob_path, MAX_TENSOR_BYTES + MAX_JSON_BYTES) if os.path.lexists(blob_path) else b""
         return cls.from_bytes(meta, blob)
@@ -503,9 +507,9 @@ def judge_saved(check, folder: Path, seed: int | None = None) -> Verdict:
     """`judge` on the record that kernel mode wrote into `folder`."""
     try:
         record = Record.read(folder, check.__name__)
+    except NoRecord:
+        return judge(check, None, seed)
     except RecordError as exc:
-        if str(exc) == "no result was recorded":
-            return judge(check, None, seed)
         return Verdict(check.__name__, float(check.points), False,
                        f"the result your notebook recorded could not be used: {exc}")
     return judge(check, record, seed)

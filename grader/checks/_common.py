@@ -2,6 +2,8 @@
 
 import torch
 
+from grader.trusted import LearnerRaised, live, on_learner_side
+
 
 def generator(seed: int) -> torch.Generator:
     """A private CPU generator, so a check never depends on (or disturbs) the global RNG."""
@@ -60,8 +62,6 @@ def assert_gradients_match_finite_differences(fn, inputs, rest, what, g, n_direc
     Both come back as plain numbers and the comparison happens here: the directional derivative
     that autograd claims, sum_i <grad_i, u_i>, must equal the one the forward pass shows.
     """
-    from grader.trusted import LearnerRaised, live, on_learner_side
-
     outs = _outputs(fn(*inputs, *rest))
     if not all(isinstance(o, torch.Tensor) and o.is_floating_point() for o in outs):
         raise AssertionError(f"{what}: expected float tensors from float64 inputs, got "
