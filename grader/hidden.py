@@ -10,7 +10,7 @@ import of the module's checks and one call per check; a cell with several checks
     from grader.trusted import run_all
     with run_all():
         checks.check_causal_mask(causal_mask)
-        checks.check_causal_attention(scaled_dot_product_attention, causal_mask)
+        checks.check_causal_mask_in_attention(causal_mask)
     ### END HIDDEN TESTS
 
 `hidden_tests()` parses that (with `ast`, never by running it) from the trusted copy of the
@@ -104,6 +104,9 @@ def parse_hidden_cell(assignment_id: str, grade_id: str, source: str, points: fl
         raise HiddenCellError(f"{where}: a hidden cell holds one check call, or several inside one "
                               "`with run_all():` block (so each is judged even when an earlier one fails)")
     statements = blocks[0] if blocks else bare
+    if not grade_id.endswith("_hidden"):
+        raise HiddenCellError(f"{where}: a hidden cell's grade id is `<graded name>_hidden`")
+    exercise = grade_id.removesuffix("_hidden")
     for stmt in statements:
         call = stmt.value if isinstance(stmt, ast.Expr) else None
         if not (isinstance(call, ast.Call) and isinstance(call.func, ast.Attribute)
@@ -114,6 +117,9 @@ def parse_hidden_cell(assignment_id: str, grade_id: str, source: str, points: fl
         check = getattr(module, call.func.attr, None)
         if not callable(getattr(check, "body", None)):
             raise HiddenCellError(f"{where}: {call.func.attr} is not a @trusted_check in {module.__name__}")
+        if not (check.__name__ == f"check_{exercise}" or check.__name__.startswith(f"check_{exercise}_")):
+            raise HiddenCellError(f"{where}: {check.__name__} is not a check of {exercise} (the naming rule: "
+                                  f"the cell {exercise}_hidden calls check_{exercise} or check_{exercise}_<aspect>)")
         names = [a.id if isinstance(a, ast.Name) else None for a in call.args]
         if names != check.graded_names:
             raise HiddenCellError(f"{where}: {check.__name__} takes ({', '.join(check.graded_names)}) in this "

@@ -19,7 +19,7 @@ from grader.reference import reference_namespace
 from grader.trusted import record_and_judge
 
 SEEDS = (0, 1, 2, 3, 4)
-MIN_MUTANTS = 8
+MIN_MUTANTS_PER_NAME = 3
 
 
 def all_checks(assignment_id):
@@ -29,6 +29,23 @@ def all_checks(assignment_id):
         for name, fn in inspect.getmembers(module, inspect.isfunction)
         if name.startswith("check_") and fn.__module__ == module.__name__
     ]
+
+
+def graded_names(assignment_id) -> list[str]:
+    """The graded API of a notebook: X for every solution cell `X_solution`, in notebook order."""
+    nb = nbformat.read(solution_notebook(assignment_id), as_version=4)
+    ids = [c.metadata.get("nbgrader", {}).get("grade_id", "") for c in nb.cells
+           if c.metadata.get("nbgrader", {}).get("solution")]
+    return [i.removesuffix("_solution") for i in ids]
+
+
+def checks_for(assignment_id, target):
+    """Every check of the module, the target's own first (`check_<target>`, `check_<target>_*`), then
+    the other checks that take it: a mutant is caught where its exercise is judged, cheaply."""
+    def rank(check):
+        own = check.__name__ == f"check_{target}" or check.__name__.startswith(f"check_{target}_")
+        return (0 if own else 1 if target in check.graded_names else 2)
+    return sorted(all_checks(assignment_id), key=rank)
 
 
 def run_check(check, ns, seed):
@@ -61,11 +78,9 @@ def test_reference_passes_every_check_on_every_seed(assignment_id, check):
 
 @pytest.mark.parametrize("assignment_id,mutant", cases("mutants"))
 def test_mutant_fails_at_least_one_check(assignment_id, mutant):
-    ns = reference_namespace(assignment_id)
-    assert mutant.target in ns, f"mutant {mutant.name} targets {mutant.target!r}, which the notebook does not define"
-    ns[mutant.target] = mutant.fn
+    ns = mutant.apply(reference_namespace(assignment_id))
     failures = []
-    for check in all_checks(assignment_id):
+    for check in checks_for(assignment_id, mutant.target):
         try:
             run_check(check, ns, seed=0)
         except AssertionError as exc:  # the trusted verdict says failed
@@ -76,10 +91,32 @@ def test_mutant_fails_at_least_one_check(assignment_id, mutant):
 
 
 @pytest.mark.parametrize("assignment_id", assignment_ids())
-def test_catalogue_is_large_enough(assignment_id):
+def test_every_graded_name_has_at_least_3_mutants(assignment_id):
     mutants = mutants_module(assignment_id).MUTANTS
-    assert len(mutants) >= MIN_MUTANTS, f"{assignment_id}: {len(mutants)} mutants, want >= {MIN_MUTANTS}"
     assert len({m.name for m in mutants}) == len(mutants), "mutant names must be unique"
+    names = graded_names(assignment_id)
+    unknown = sorted({m.target for m in mutants} - set(names))
+    assert not unknown, f"{assignment_id}: mutants target names that are not graded: {unknown}"
+    counts = {name: sum(m.target == name for m in mutants) for name in names}
+    short = {name: n for name, n in counts.items() if n < MIN_MUTANTS_PER_NAME}
+    assert not short, f"{assignment_id}: want >= {MIN_MUTANTS_PER_NAME} mutants per graded name, have {short}"
+
+
+@pytest.mark.parametrize("assignment_id", assignment_ids())
+def test_every_graded_name_has_solution_visible_and_hidden_cells(assignment_id):
+    """The naming rule: graded name X has the cells X_solution, X_visible, X_hidden, in this order and
+    next to each other, and X is what the solution cell defines."""
+    nb = nbformat.read(solution_notebook(assignment_id), as_version=4)
+    ids = [c.metadata.get("nbgrader", {}).get("grade_id") for c in nb.cells]
+    ns = reference_namespace(assignment_id)
+    for name in graded_names(assignment_id):
+        i = ids.index(f"{name}_solution")
+        assert ids[i:i + 3] == [f"{name}_solution", f"{name}_visible", f"{name}_hidden"], (
+            f"{assignment_id}: {name}_solution must be followed by {name}_visible and {name}_hidden, got {ids[i:i + 3]}")
+        assert name in ns, f"{assignment_id}: the cell {name}_solution does not define {name}"
+    graded = {i for i in ids if i} - {f"{n}_{kind}" for n in graded_names(assignment_id)
+                                      for kind in ("solution", "visible", "hidden")}
+    assert not graded, f"{assignment_id}: grade ids outside the naming rule: {sorted(graded)}"
 
 
 @pytest.mark.parametrize("assignment_id", assignment_ids())

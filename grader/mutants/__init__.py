@@ -1,27 +1,56 @@
 """Known-bug catalogues: plausible wrong implementations that the hidden checks must catch.
 
-Each `grader/mutants/mNN_topic.py` defines `MUTANTS`, a list of `Mutant`s. The test suite
-swaps each mutant into a fresh reference namespace (grader.reference) under the name of the
-graded function it imitates, runs every check of the module, and requires at least one to fail.
+Each `grader/mutants/mNN_topic.py` defines `MUTANTS`, a list of `Mutant`s, grouped under one banner
+per graded name, at least 3 per graded name. The test suite (tests/test_checks.py) builds each
+mutant from a fresh reference namespace (grader.reference), swaps it in under the graded name it
+imitates, runs the checks of that name first and then the module's other checks, and requires at
+least one trusted verdict to fail.
+
+One registration path, two forms:
+
+    @mutant("causal_mask", "excludes the diagonal (off by one)", MUTANTS)
+    def causal_excludes_self(t_q, t_k=None):          # a small function, written out whole
+        ...
+
+    @mutant("MultiHeadAttention", "scales by d_model instead of the head size", MUTANTS, from_reference=True)
+    def mha_scale_by_d_model(ref):                   # a class or model: built from the reference
+        class Mutated(ref["MultiHeadAttention"]):    # subclass it and change the one buggy line,
+            def _scale(self): ...                    # never a copy of the solution
+        return Mutated
 """
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(frozen=True)
 class Mutant:
     name: str  # short id, e.g. "no_sqrt_scaling"
     target: str  # the graded name it replaces, e.g. "scaled_dot_product_attention"
-    fn: Callable  # the buggy implementation (a function or a class)
+    build: Callable[[dict], Any]  # reference namespace -> the buggy implementation (function or class)
     why: str  # the learner's mistake, in words
 
+    def apply(self, ns: dict) -> dict:
+        """`ns` with the graded name replaced by this mutant (built from `ns` itself)."""
+        if self.target not in ns:
+            raise KeyError(f"mutant {self.name} targets {self.target!r}, which the notebook does not define")
+        replacement = self.build(ns)
+        out = dict(ns)
+        out[self.target] = replacement
+        return out
 
-def mutant(target: str, why: str, catalogue: list):
-    """Decorator: register the function below as a mutant of `target` in `catalogue`."""
 
-    def register(fn):
-        catalogue.append(Mutant(fn.__name__, target, fn, why))
-        return fn
+def mutant(target: str, why: str, catalogue: list, *, from_reference: bool = False, name: str | None = None):
+    """Decorator: register the function (or class) below as a mutant of `target` in `catalogue`.
+
+    With `from_reference=True` the decorated function takes the reference namespace and returns
+    the buggy replacement (a subclass or wrapper of the reference that changes one line).
+    """
+
+    def register(obj):
+        build = obj if from_reference else (lambda ns, _obj=obj: _obj)
+        catalogue.append(Mutant(name or obj.__name__, target, build, why))
+        return obj
 
     return register

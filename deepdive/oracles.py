@@ -1,0 +1,102 @@
+"""Weight copies into the library modules that the course compares its own code with.
+
+A notebook (or a graded check) builds the library's module and gives it exactly the weights of the
+learner's module, so that both compute the same function and any difference is the learner's.
+Only the mapping of names lives here (the library's layout is documented, not an exercise); every
+function returns a new library module in eval mode and leaves its argument untouched.
+
+| ours (course layout)                         | library oracle                                 |
+|----------------------------------------------|------------------------------------------------|
+| `rnn_forward(x, W_xh, W_hh, b_h)`            | `torch.nn.RNN(batch_first=True)`               |
+| `MultiHeadAttention`: q/k/v/out_proj         | `torch.nn.MultiheadAttention(batch_first=True)`|
+| `TransformerBlock`: attn, ln1, ln2, ff       | `torch.nn.TransformerEncoderLayer`             |
+| `FeedForward("swiglu")`: gate, fc1, fc2      | transformers' `LlamaMLP`                       |
+"""
+
+import torch
+from torch import nn
+
+
+def torch_rnn(W_xh: torch.Tensor, W_hh: torch.Tensor, b_h: torch.Tensor) -> nn.RNN:
+    """`nn.RNN` computing h_t = tanh(x_t W_xh^T + h_{t-1} W_hh^T + b_h).
+
+    W_xh (H, D_in), W_hh (H, H), b_h (H,). nn.RNN has two biases that are added (b_ih + b_hh):
+    b_h goes into one, zeros into the other.
+    """
+    H, D_in = W_xh.shape
+    rnn = nn.RNN(D_in, H, batch_first=True, dtype=W_xh.dtype)
+    with torch.no_grad():
+        rnn.weight_ih_l0.copy_(W_xh)
+        rnn.weight_hh_l0.copy_(W_hh)
+        rnn.bias_ih_l0.copy_(b_h)
+        rnn.bias_hh_l0.zero_()
+    return rnn.eval()
+
+
+def torch_multihead_attention(attn: nn.Module, n_heads: int) -> nn.MultiheadAttention:
+    """`nn.MultiheadAttention(batch_first=True)` with the weights of a module that has `q_proj`,
+    `k_proj`, `v_proj`, `out_proj` (nn.Linear, d_model -> d_model each; biases all or none).
+
+    Masks differ: ours are True where a query *may* attend; `nn.MultiheadAttention`'s bool
+    `attn_mask` is True where it may *not*. Call the oracle with `attn_mask=~mask`, and
+    `need_weights=False` to get its fast path's output only.
+    """
+    q, k, v, o = attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj
+    d_model = q.in_features
+    for name, lin in (("k_proj", k), ("v_proj", v)):
+        if lin.out_features != d_model:
+            raise ValueError(f"{name} maps to {lin.out_features} features, not d_model = {d_model}: "
+                             "nn.MultiheadAttention has one K/V head per query head (repeat K/V heads first)")
+    bias = q.bias is not None
+    dtype = q.weight.dtype
+    mha = nn.MultiheadAttention(d_model, n_heads, bias=bias, batch_first=True, dtype=dtype)
+    with torch.no_grad():
+        mha.in_proj_weight.copy_(torch.cat([q.weight, k.weight, v.weight]))  # (3 C, C)
+        mha.out_proj.weight.copy_(o.weight)
+        if bias:
+            mha.in_proj_bias.copy_(torch.cat([q.bias, k.bias, v.bias]))  # (3 C,)
+            mha.out_proj.bias.copy_(o.bias)
+    return mha.eval()
+
+
+def torch_encoder_layer(block: nn.Module, n_heads: int, d_ff: int, activation: str, norm_first: bool
+                        ) -> nn.TransformerEncoderLayer:
+    """`nn.TransformerEncoderLayer(batch_first=True)` with the weights of a block that has `attn`
+    (q/k/v/out_proj as above), `ln1` (before/after attention), `ln2` (before/after the FFN) and
+    `ff` with `fc1` (d_model -> d_ff) and `fc2` (d_ff -> d_model). Dropout is 0.
+
+    Its mask convention is PyTorch's: pass `src_mask=~mask` for one of ours.
+    """
+    d_model = block.ln1.normalized_shape[0]
+    layer = nn.TransformerEncoderLayer(
+        d_model, n_heads, dim_feedforward=d_ff, dropout=0.0, activation=activation,
+        layer_norm_eps=block.ln1.eps, batch_first=True, norm_first=norm_first,
+        bias=block.attn.q_proj.bias is not None, dtype=block.ln1.weight.dtype)
+    mha = torch_multihead_attention(block.attn, n_heads)
+    with torch.no_grad():
+        layer.self_attn.load_state_dict(mha.state_dict())
+        for ours, theirs in ((block.ln1, layer.norm1), (block.ln2, layer.norm2),
+                             (block.ff.fc1, layer.linear1), (block.ff.fc2, layer.linear2)):
+            theirs.weight.copy_(ours.weight)
+            if theirs.bias is not None:
+                theirs.bias.copy_(ours.bias)
+    return layer.eval()
+
+
+def llama_mlp(ff: nn.Module) -> nn.Module:
+    """transformers' `LlamaMLP` (down(silu(gate(x)) * up(x))) with the weights of a SwiGLU
+    FeedForward: `gate` is the branch that goes through SiLU, `fc1` the linear branch it
+    multiplies, `fc2` the projection back to d_model."""
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaMLP
+
+    config = LlamaConfig(hidden_size=ff.fc1.in_features, intermediate_size=ff.fc1.out_features,
+                         hidden_act="silu", mlp_bias=ff.fc1.bias is not None,
+                         num_attention_heads=1, num_key_value_heads=1)  # heads: unused by the MLP
+    mlp = LlamaMLP(config).to(ff.fc1.weight.dtype)
+    with torch.no_grad():
+        for ours, theirs in ((ff.gate, mlp.gate_proj), (ff.fc1, mlp.up_proj), (ff.fc2, mlp.down_proj)):
+            theirs.weight.copy_(ours.weight)
+            if theirs.bias is not None:
+                theirs.bias.copy_(ours.bias)
+    return mlp.eval()
