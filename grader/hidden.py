@@ -150,6 +150,12 @@ def hidden_tests(assignment_id: str, notebook: Path | None = None) -> list[Hidde
     nb = nbformat.read(notebook or solution_notebook(assignment_id), as_version=4)
     tests = [parse_hidden_cell(assignment_id, c.metadata["nbgrader"]["grade_id"], c.source,
                                c.metadata["nbgrader"]["points"]) for c in nb.cells if is_hidden_cell(c)]
+    solved = {c.metadata["nbgrader"].get("grade_id", "").removesuffix("_solution") for c in nb.cells
+              if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("solution")}
+    for t in tests:
+        if t.grade_id.removesuffix("_hidden") not in solved:
+            raise HiddenCellError(f"{assignment_id}: {t.grade_id} has no {t.grade_id.removesuffix('_hidden')}_solution "
+                                  "cell (the naming rule: X_solution, X_visible, X_hidden)")
     names = [c.name for t in tests for c in t.calls]
     if len(set(names)) != len(names):
         raise HiddenCellError(f"{assignment_id}: a check is called from two hidden cells")

@@ -42,7 +42,7 @@ import nbformat
 
 from grader.assignments import course_notebook, solution_notebook
 
-SDPA_SOLUTION = "sdpa_solution"  # grade id of the cell that defines scaled_dot_product_attention
+SDPA_SOLUTION = "scaled_dot_product_attention_solution"  # grade id of the cell that defines scaled_dot_product_attention
 # The scaling line of the reference solution, `scores = q @ k.transpose(-2, -1) / math.sqrt(d)`.
 _SCALED_SCORES = re.compile(r"^(\s*scores = q @ k\.transpose\(-2, -1\)) / math\.sqrt\(d\)", re.MULTILINE)
 

@@ -6,6 +6,7 @@ without them, and only the judge's verdict counts."""
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -298,13 +299,13 @@ def test_a_well_formed_hidden_cell_is_parsed():
     test = parse_hidden_cell("02_attention", "causal_mask_hidden", _cell(
         IMPORT + "from grader.trusted import run_all\nwith run_all():\n"
         "    checks.check_causal_mask(causal_mask)\n"
-        "    checks.check_causal_attention(scaled_dot_product_attention, causal_mask, seed=3)"), 4)
-    assert [(c.name, c.seed) for c in test.calls] == [("check_causal_mask", None), ("check_causal_attention", 3)]
+        "    checks.check_causal_mask_in_attention(causal_mask, seed=3)"), 4)
+    assert [(c.name, c.seed) for c in test.calls] == [("check_causal_mask", None), ("check_causal_mask_in_attention", 3)]
     assert test.description == "# what is checked"
 
 
 @pytest.mark.parametrize("body,points,words", [
-    ("checks.check_causal_attention(causal_mask, scaled_dot_product_attention)", 2, "in this order"),
+    ("checks.check_causal_mask_in_attention(padding_mask)", 2, "in this order"),
     ("checks.check_nothing(causal_mask)", 2, "not a @trusted_check"),
     ("checks.check_causal_mask(causal_mask)\nprint('hi')", 2, "one check call"),
     ("checks.check_causal_mask(causal_mask)\nchecks.check_padding_mask(padding_mask)", 4, "with run_all()"),
@@ -314,11 +315,28 @@ def test_a_well_formed_hidden_cell_is_parsed():
 ])
 def test_malformed_hidden_cells_are_refused(body, points, words):
     with pytest.raises(HiddenCellError, match=words.replace("(", r"\(").replace(")", r"\)")):
-        parse_hidden_cell("02_attention", "x_hidden", _cell(IMPORT + body), points)
+        parse_hidden_cell("02_attention", "causal_mask_hidden", _cell(IMPORT + body), points)
+
+
+@pytest.mark.parametrize("grade_id,body,words", [
+    # the naming rule: X_hidden calls only check_X / check_X_<aspect>
+    ("causal_mask_hidden", "checks.check_padding_mask(padding_mask)", "not a check of causal_mask"),
+    ("padding_mask_hidden", "checks.check_padding_mask_in_attention(padding_mask)\n", None),
+    ("causal_mask_tests", "checks.check_causal_mask(causal_mask)", "<graded name>_hidden"),
+])
+def test_a_hidden_cell_may_only_call_checks_of_its_own_exercise(grade_id, body, words):
+    from grader.assignments import checks_module
+    points = sum(getattr(checks_module("02_attention"), name).points for name in
+                 re.findall(r"check_\w+", body))
+    if words is None:  # an aspect check of the cell's own exercise is fine
+        assert parse_hidden_cell("02_attention", grade_id, _cell(IMPORT + body), points).calls
+        return
+    with pytest.raises(HiddenCellError, match=words):
+        parse_hidden_cell("02_attention", grade_id, _cell(IMPORT + body), points)
 
 
 @pytest.mark.parametrize("aid,check_name", [("01_rnn_bottleneck", "check_rnn_forward"),
-                                            ("02_attention", "check_sdpa_gradcheck")])
+                                            ("02_attention", "check_scaled_dot_product_attention_gradcheck")])
 def test_a_record_without_gradients_fails_closed(aid, check_name):
     """A hand-written record whose 'gradients' steps hold nothing must not skip the comparison."""
     from grader.assignments import checks_module

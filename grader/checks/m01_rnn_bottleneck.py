@@ -11,8 +11,8 @@ computed by the check (grader/trusted.py).
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from deepdive.oracles import torch_rnn
 from deepdive.recall import RecallConfig, make_recall_batch, train_recall
 from grader.checks._common import assert_close, assert_shape, generator
 from grader.trusted import LearnerRaised, live, on_learner_side, trusted_check
@@ -22,17 +22,8 @@ from grader.trusted import LearnerRaised, live, on_learner_side, trusted_check
 
 
 def _oracle_rnn(x, W_xh, W_hh, b_h, h0):
-    """torch.nn.RNN with our weights; returns (outputs, h_last, rnn).
-
-    nn.RNN has two biases (b_ih, b_hh) that are added: b_h goes into one, zeros into the other.
-    """
-    H, D_in = W_xh.shape
-    rnn = nn.RNN(D_in, H, batch_first=True)
-    with torch.no_grad():
-        rnn.weight_ih_l0.copy_(W_xh)
-        rnn.weight_hh_l0.copy_(W_hh)
-        rnn.bias_ih_l0.copy_(b_h)
-        rnn.bias_hh_l0.zero_()
+    """torch.nn.RNN with our weights (deepdive.oracles.torch_rnn); returns (outputs, h_last, rnn)."""
+    rnn = torch_rnn(W_xh, W_hh, b_h)
     outputs, h_n = rnn(x, None if h0 is None else h0.unsqueeze(0))  # (B, T, H), (1, B, H)
     return outputs, h_n.squeeze(0), rnn
 
@@ -169,7 +160,7 @@ ATTENTION_DISTRACTORS = 32  # the longest T in the notebook's experiment
 #   AttentionRecallMeanPool 0.145 0.149 0.174; AttentionRecallLastPair 0.063 0.060 0.066.
 #   RNNRecallReadsFirstState and RNNRecallForgetsQuery reach 1.000 here (the pair to recall is the
 #   first one, so neither the query nor later states are needed at T=4): the property checks in
-#   check_rnn_recall catch them instead.
+#   check_RNNRecall catch them instead.
 RNN_MIN_ACCURACY = 0.80
 ATTENTION_MIN_ACCURACY = 0.80
 
@@ -241,7 +232,7 @@ def _train_and_predict(name, n_distractors, seed, state):
 
 
 @trusted_check(points=3)
-def check_rnn_recall(RNNRecall, seed=0):
+def check_RNNRecall(RNNRecall, seed=0):
     cfg = RECALL_CFG
     batch = _probe_batch(seed)
     # An RNN answers from the state after the *last* step, so the last inputs must matter:
@@ -276,7 +267,7 @@ def check_rnn_recall(RNNRecall, seed=0):
 
 
 @trusted_check(points=4)
-def check_attention_recall(AttentionRecall, seed=0):
+def check_AttentionRecall(AttentionRecall, seed=0):
     cfg = RECALL_CFG
     batch = _probe_batch(seed)
     # No positions anywhere: attention reads a *set* of (key, value) pairs, so their order cannot matter.

@@ -10,15 +10,15 @@ Oracles (CURRICULUM.md, "Oracle rule"):
   allowed keys, so `weights > 0` is the oracle's mask), and `pad_sequence` for padding.
 - Properties where no library function applies: weight rows sum to 1, masked weights are
   exactly 0, float64 `torch.autograd.gradcheck`, and that the online version never creates a
-  (Tq, Tk)-sized tensor (every torch call it makes is watched by a `TorchFunctionMode`).
+  (Tq, Tk)-sized tensor (every torch call it makes is watched by `deepdive.measure.LargestTensor`).
 """
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention.bias import causal_lower_right
 from torch.nn.utils.rnn import pad_sequence
-from torch.overrides import TorchFunctionMode
 
+from deepdive.measure import LargestTensor
 from grader.checks._common import (
     assert_close,
     assert_gradients_match_finite_differences,
@@ -157,7 +157,7 @@ def check_scaled_dot_product_attention(scaled_dot_product_attention, seed=0):
 
 
 @trusted_check(points=2)
-def check_sdpa_gradcheck(scaled_dot_product_attention, seed=0):
+def check_scaled_dot_product_attention_gradcheck(scaled_dot_product_attention, seed=0):
     """float64 gradcheck through out and weights, with and without a mask: the gradients autograd
     computes through your code agree with finite differences of your own outputs (judged by the
     grader from the numbers your code returns, see _common.assert_gradients_match_finite_differences)."""
@@ -197,22 +197,34 @@ def check_causal_mask(causal_mask):
             )
 
 
+def _bool_mask(mask, call, meaning):
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        raise AssertionError(f"{call}: expected a torch.bool tensor ({meaning}), got "
+                             f"{getattr(mask, 'dtype', type(mask).__name__)}")
+    return mask
+
+
 @trusted_check(points=2)
-def check_causal_attention(scaled_dot_product_attention, causal_mask, seed=0):
-    """Your attention with your causal mask equals F.scaled_dot_product_attention(is_causal=True);
-    with a KV cache (the last t_q queries over all t_k keys) it equals the last rows of the
+def check_causal_mask_in_attention(causal_mask, seed=0):
+    """Your causal mask used by the library's attention (F.scaled_dot_product_attention with
+    attn_mask = your mask, so only the mask is judged here) equals is_causal=True over (B, nh)
+    heads; with a KV cache (the last t_q queries over all t_k keys) it gives the last rows of the
     full causal attention."""
     g = generator(seed)
     T = 9
     q, k, v = _qkv(g, (2, 3), T, T, 8, 4)
-    out, weights = _call_attention(scaled_dot_product_attention, q, k, v, causal_mask(T))
-    _close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True),
-                 f"causal attention over T = {T}", hint="query i sees keys 0 .. i")
     full = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (2, 3, T, 4)
+    mask = _bool_mask(causal_mask(T), f"causal_mask({T})", "True = may attend")
+    assert_shape(mask, (T, T), f"causal_mask({T})", "one row per query, one column per key")
+    _close(F.scaled_dot_product_attention(q, k, v, attn_mask=mask), full,
+           f"attention with causal_mask({T}) over q {tuple(q.shape)}", hint="query i sees keys 0 .. i")
     for t_q in (1, 4):
-        out, _ = _call_attention(scaled_dot_product_attention, q[..., -t_q:, :], k, v, causal_mask(t_q, T))
-        _close(out, full[..., -t_q:, :], f"KV-cache step: last {t_q} queries over {T} keys",
-                     hint="the mask must be aligned to the end: the last query sees every key")
+        call = f"causal_mask({t_q}, {T})"
+        mask = _bool_mask(causal_mask(t_q, T), call, "True = may attend")
+        assert_shape(mask, (t_q, T), call, "one row per query, one column per key")
+        out = F.scaled_dot_product_attention(q[..., -t_q:, :], k, v, attn_mask=mask)
+        _close(out, full[..., -t_q:, :], f"KV-cache step with {call}: last {t_q} queries over {T} keys",
+               hint="the mask must be aligned to the end: the last query sees every key")
 
 
 # ----------------------------------------------------------------------------- exercise 3: padding_mask
@@ -237,24 +249,28 @@ def check_padding_mask(padding_mask, seed=0):
 
 
 @trusted_check(points=2)
-def check_padded_attention(scaled_dot_product_attention, padding_mask, causal_mask, seed=0):
-    """A right-padded batch: with a key-padding mask (B, 1, 1, T), alone and combined with the
-    causal mask, the outputs at real positions equal attention over the unpadded sequence, and
-    pad keys get exactly 0 weight."""
+def check_padding_mask_in_attention(padding_mask, seed=0):
+    """A right-padded batch, with your padding mask as a key-padding mask (B, 1, 1, T) in the
+    library's attention (F.scaled_dot_product_attention, so only the mask is judged here), alone and
+    combined with the library's causal mask: outputs at real positions equal attention over the
+    unpadded sequence."""
     g = generator(seed)
     B, nh, T, d, dv = 3, 2, 7, 8, 5
     lengths = [7, 2, 5]
     q, k, v = _qkv(g, (B, nh), T, T, d, dv)
-    keep = padding_mask(torch.tensor(lengths), T)[:, None, None, :]  # (B, 1, 1, T)
-    for causal in (False, True):
-        mask = keep & causal_mask(T) if causal else keep  # (B, 1, T, T) or (B, 1, 1, T)
-        label = "padding + causal mask" if causal else "padding mask"
-        out, weights = _call_attention(scaled_dot_product_attention, q, k, v, mask)
-        _check_masked_are_zero(weights, mask, label)
+    call = f"padding_mask(torch.tensor({lengths}), {T})"
+    keep = _bool_mask(padding_mask(torch.tensor(lengths), T), call, "True = real token")
+    assert_shape(keep, (B, T), call, "shape (B, max_len)")
+    keep = keep[:, None, None, :]  # (B, 1, 1, T): broadcast over heads and queries
+    causal = torch.ones(T, T, dtype=torch.bool).tril()  # (T, T), the library's is_causal mask
+    for is_causal in (False, True):
+        mask = keep & causal if is_causal else keep  # (B, 1, T, T) or (B, 1, 1, T)
+        label = f"{call} {'& causal mask ' if is_causal else ''}in attention"
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, nh, T, dv)
         for b, n in enumerate(lengths):
-            ref = F.scaled_dot_product_attention(q[b, :, :n], k[b, :, :n], v[b, :, :n], is_causal=causal)
+            ref = F.scaled_dot_product_attention(q[b, :, :n], k[b, :, :n], v[b, :, :n], is_causal=is_causal)
             _close(out[b, :, :n], ref, f"{label}: example {b} (length {n}), real positions",
-                         hint="pad keys must not change the output of real tokens")
+                   hint="True for the first lengths[b] positions of row b, False for the padding after them")
 
 
 # ------------------------------------------------------------------- exercise 4: online_softmax_attention
@@ -304,34 +320,16 @@ def check_online_softmax_attention(online_softmax_attention, seed=0):
         _close(out, expected, what, atol=1e-5 if scale == 1 else 1e-4, hint=" ".join(hints))
 
 
-class _LargestTensor(TorchFunctionMode):
-    """Watches every torch function, method and operator called inside it and records the
-    largest tensor any of them returns."""
-
-    def __init__(self):
-        super().__init__()
-        self.numel, self.shape, self.op = 0, None, None
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        result = func(*args, **(kwargs or {}))
-        outs = result if isinstance(result, (tuple, list)) else (result,)
-        for t in outs:
-            if isinstance(t, torch.Tensor) and t.numel() > self.numel:
-                self.numel, self.shape = t.numel(), tuple(t.shape)
-                self.op = getattr(func, "__name__", str(func))
-        return result
-
-
 def _watched(fn, *args, **kwargs):
     """On the learner's side: call fn under the watch; (its output, the largest tensor's numel, shape, op)."""
-    watch = _LargestTensor()
+    watch = LargestTensor()
     with watch:
         out = fn(*args, **kwargs)
     return out, watch.numel, watch.shape or (), watch.op or ""
 
 
 @trusted_check(points=2)
-def check_online_softmax_no_full_matrix(online_softmax_attention):
+def check_online_softmax_attention_no_full_matrix(online_softmax_attention):
     """online_softmax_attention never creates a tensor as large as the (Tq, Tk) score matrix.
 
     Every torch call made during the call is watched; with Tq = Tk = 256, nh = 2, d = dv = 8 and

@@ -32,13 +32,13 @@ class Mutant:
     why: str  # the learner's mistake, in words
 
     def apply(self, ns: dict) -> dict:
-        """`ns` with the graded name replaced by this mutant (built from `ns` itself)."""
+        """Replace the graded name in the reference namespace `ns` by this mutant (built from `ns`
+        first), in place: the reference's other definitions that call the name now call the mutant,
+        as a learner's own functions call each other. Returns `ns`."""
         if self.target not in ns:
             raise KeyError(f"mutant {self.name} targets {self.target!r}, which the notebook does not define")
-        replacement = self.build(ns)
-        out = dict(ns)
-        out[self.target] = replacement
-        return out
+        ns[self.target] = self.build(ns)
+        return ns
 
 
 def mutant(target: str, why: str, catalogue: list, *, from_reference: bool = False, name: str | None = None):

@@ -1,7 +1,8 @@
 """Known bugs of module 01: an RNN by hand, attention as a lookup, the two recall models.
 
-The recall-model mutants cannot see the notebook's `rnn_forward` / `attention_lookup`, so they use
-the correct private copies `_rnn` and `_lookup` below: each one isolates a single model-level bug.
+The function mutants are written out whole (each differs from a correct version in one line); the
+recall-model mutants are built from the reference classes of the notebook (grader.reference) and
+override only the method that holds the bug.
 """
 
 import math
@@ -146,117 +147,105 @@ def lookup_no_softmax(query, keys, values):
     return (scores.unsqueeze(1) @ values).squeeze(1)
 
 
-# --------------------------------------------------------------------------------------------- recall models
+# --------------------------------------------------------------------------------------------- RNNRecall
+# Built from the reference class (each overrides the one method that holds the bug) and from the
+# reference rnn_forward, so each mutant isolates a single model-level bug.
 
 
-def _rnn(x, W_xh, W_hh, b_h):
-    """A correct RNN (the notebook's rnn_forward), for the model-level mutants: (outputs, h_last)."""
-    h = x.new_zeros(x.shape[0], W_hh.shape[0])
-    outputs = []
-    for t in range(x.shape[1]):
-        h = torch.tanh(x[:, t] @ W_xh.T + h @ W_hh.T + b_h)
-        outputs.append(h)
-    return torch.stack(outputs, dim=1), h
+@mutant("RNNRecall", "answers from the first hidden state, outputs[:, 0], instead of h_last", MUTANTS,
+        from_reference=True, name="RNNRecallReadsFirstState")
+def _rnn_recall_reads_first_state(ref):
+    rnn_forward = ref["rnn_forward"]
+
+    class RNNRecallReadsFirstState(ref["RNNRecall"]):
+        def forward(self, keys, values, query):
+            outputs, _ = rnn_forward(self.embed(keys, values, query), self.W_xh, self.W_hh, self.b_h)
+            return self.head(outputs[:, 0])
+
+    return RNNRecallReadsFirstState
 
 
-def _lookup(query, keys, values):
-    """A correct attention_lookup, for the model-level mutants."""
-    scores = (keys @ query.unsqueeze(-1)).squeeze(-1) / math.sqrt(query.shape[-1])
-    return (torch.softmax(scores, dim=-1).unsqueeze(1) @ values).squeeze(1)
+@mutant("RNNRecall", "never feeds the query: the sequence ends with the last distractor", MUTANTS,
+        from_reference=True, name="RNNRecallForgetsQuery")
+def _rnn_recall_forgets_query(ref):
+    class RNNRecallForgetsQuery(ref["RNNRecall"]):
+        def embed(self, keys, values, query):
+            return torch.cat([self.key_emb(keys), self.value_emb(values)], dim=-1)  # (B, T+1, 2 * d_embed)
+
+    return RNNRecallForgetsQuery
 
 
-class _RNNRecallBase(nn.Module):
-    """The correct RNNRecall; each mutant below overrides one piece."""
+@mutant("RNNRecall", "initialises W_hh with torch.randn (std 1): tanh saturates, the state is chaotic", MUTANTS,
+        from_reference=True, name="RNNRecallRandnInit")
+def _rnn_recall_randn_init(ref):
+    class RNNRecallRandnInit(ref["RNNRecall"]):
+        def __init__(self, n_keys, n_values, d_embed=16, hidden=64):
+            super().__init__(n_keys, n_values, d_embed, hidden)
+            self.W_xh = nn.Parameter(torch.randn(hidden, 2 * d_embed))
+            self.W_hh = nn.Parameter(torch.randn(hidden, hidden))
 
-    def __init__(self, n_keys, n_values, d_embed=16, hidden=64):
-        super().__init__()
-        self.n_values = n_values
-        self.key_emb = nn.Embedding(n_keys, d_embed)
-        self.value_emb = nn.Embedding(n_values + 1, d_embed)
-        bound = 1 / math.sqrt(hidden)
-        self.W_xh = nn.Parameter(torch.empty(hidden, 2 * d_embed).uniform_(-bound, bound))
-        self.W_hh = nn.Parameter(torch.empty(hidden, hidden).uniform_(-bound, bound))
-        self.b_h = nn.Parameter(torch.zeros(hidden))
-        self.head = nn.Linear(hidden, n_values)
-
-    def embed(self, keys, values, query):
-        ask = torch.full((keys.shape[0], 1), self.n_values, dtype=torch.long, device=keys.device)
-        all_keys = torch.cat([keys, query[:, None]], dim=1)
-        all_values = torch.cat([values, ask], dim=1)
-        return torch.cat([self.key_emb(all_keys), self.value_emb(all_values)], dim=-1)
-
-    def forward(self, keys, values, query):
-        _, h_last = _rnn(self.embed(keys, values, query), self.W_xh, self.W_hh, self.b_h)
-        return self.head(h_last)
+    return RNNRecallRandnInit
 
 
-@mutant("RNNRecall", "answers from the first hidden state, outputs[:, 0], instead of h_last", MUTANTS)
-class RNNRecallReadsFirstState(_RNNRecallBase):
-    def forward(self, keys, values, query):
-        outputs, _ = _rnn(self.embed(keys, values, query), self.W_xh, self.W_hh, self.b_h)
-        return self.head(outputs[:, 0])
+@mutant("RNNRecall", "feeds only the keys (x_t = key embedding): the values never enter the RNN", MUTANTS,
+        from_reference=True, name="RNNRecallKeysOnly")
+def _rnn_recall_keys_only(ref):
+    class RNNRecallKeysOnly(ref["RNNRecall"]):
+        def __init__(self, n_keys, n_values, d_embed=16, hidden=64):
+            super().__init__(n_keys, n_values, d_embed, hidden)
+            bound = 1 / math.sqrt(hidden)
+            self.W_xh = nn.Parameter(torch.empty(hidden, d_embed).uniform_(-bound, bound))
+
+        def embed(self, keys, values, query):
+            return self.key_emb(torch.cat([keys, query[:, None]], dim=1))  # (B, T+2, d_embed)
+
+    return RNNRecallKeysOnly
 
 
-@mutant("RNNRecall", "never feeds the query: the sequence ends with the last distractor", MUTANTS)
-class RNNRecallForgetsQuery(_RNNRecallBase):
-    def forward(self, keys, values, query):
-        x = torch.cat([self.key_emb(keys), self.value_emb(values)], dim=-1)  # (B, T+1, 2 * d_embed)
-        _, h_last = _rnn(x, self.W_xh, self.W_hh, self.b_h)
-        return self.head(h_last)
+# --------------------------------------------------------------------------------------------- AttentionRecall
 
 
-@mutant("RNNRecall", "initialises W_hh with torch.randn (std 1): tanh saturates, the state is chaotic", MUTANTS)
-class RNNRecallRandnInit(_RNNRecallBase):
-    def __init__(self, n_keys, n_values, d_embed=16, hidden=64):
-        super().__init__(n_keys, n_values, d_embed, hidden)
-        self.W_xh = nn.Parameter(torch.randn(hidden, 2 * d_embed))
-        self.W_hh = nn.Parameter(torch.randn(hidden, hidden))
+@mutant("AttentionRecall", "uses the key embeddings as values: the lookup returns keys, not values", MUTANTS,
+        from_reference=True, name="AttentionRecallKeysAsValues")
+def _attention_recall_keys_as_values(ref):
+    attention_lookup = ref["attention_lookup"]
+
+    class AttentionRecallKeysAsValues(ref["AttentionRecall"]):
+        def forward(self, keys, values, query):
+            k = self.k_proj(self.key_emb(keys))
+            return self.head(attention_lookup(self.q_proj(self.key_emb(query)), k, k))
+
+    return AttentionRecallKeysAsValues
 
 
-@mutant("RNNRecall", "feeds only the keys (x_t = key embedding): the values never enter the RNN", MUTANTS)
-class RNNRecallKeysOnly(_RNNRecallBase):
-    def __init__(self, n_keys, n_values, d_embed=16, hidden=64):
-        super().__init__(n_keys, n_values, d_embed, hidden)
-        bound = 1 / math.sqrt(hidden)
-        self.W_xh = nn.Parameter(torch.empty(hidden, d_embed).uniform_(-bound, bound))
+@mutant("AttentionRecall", "scores the query against the value embeddings instead of the keys", MUTANTS,
+        from_reference=True, name="AttentionRecallMatchesValues")
+def _attention_recall_matches_values(ref):
+    attention_lookup = ref["attention_lookup"]
 
-    def embed(self, keys, values, query):
-        return self.key_emb(torch.cat([keys, query[:, None]], dim=1))  # (B, T+2, d_embed)
+    class AttentionRecallMatchesValues(ref["AttentionRecall"]):
+        def forward(self, keys, values, query):
+            v = self.value_emb(values)
+            return self.head(attention_lookup(self.q_proj(self.key_emb(query)), self.k_proj(v), v))
 
-
-class _AttentionRecallBase(nn.Module):
-    """The correct AttentionRecall; each mutant below overrides forward."""
-
-    def __init__(self, n_keys, n_values, d_model=32):
-        super().__init__()
-        self.key_emb = nn.Embedding(n_keys, d_model)
-        self.value_emb = nn.Embedding(n_values, d_model)
-        self.q_proj = nn.Linear(d_model, d_model)
-        self.k_proj = nn.Linear(d_model, d_model)
-        self.head = nn.Linear(d_model, n_values)
+    return AttentionRecallMatchesValues
 
 
-@mutant("AttentionRecall", "uses the key embeddings as values: the lookup returns keys, not values", MUTANTS)
-class AttentionRecallKeysAsValues(_AttentionRecallBase):
-    def forward(self, keys, values, query):
-        k = self.k_proj(self.key_emb(keys))
-        return self.head(_lookup(self.q_proj(self.key_emb(query)), k, k))
+@mutant("AttentionRecall", "averages all values (mean pooling) instead of weighting them by the match", MUTANTS,
+        from_reference=True, name="AttentionRecallMeanPool")
+def _attention_recall_mean_pool(ref):
+    class AttentionRecallMeanPool(ref["AttentionRecall"]):
+        def forward(self, keys, values, query):
+            return self.head(self.value_emb(values).mean(dim=1))
+
+    return AttentionRecallMeanPool
 
 
-@mutant("AttentionRecall", "scores the query against the value embeddings instead of the keys", MUTANTS)
-class AttentionRecallMatchesValues(_AttentionRecallBase):
-    def forward(self, keys, values, query):
-        v = self.value_emb(values)
-        return self.head(_lookup(self.q_proj(self.key_emb(query)), self.k_proj(v), v))
+@mutant("AttentionRecall", "answers from the last stored pair (the most recent one), as an RNN would", MUTANTS,
+        from_reference=True, name="AttentionRecallLastPair")
+def _attention_recall_last_pair(ref):
+    class AttentionRecallLastPair(ref["AttentionRecall"]):
+        def forward(self, keys, values, query):
+            return self.head(self.value_emb(values[:, -1]))
 
-
-@mutant("AttentionRecall", "averages all values (mean pooling) instead of weighting them by the match", MUTANTS)
-class AttentionRecallMeanPool(_AttentionRecallBase):
-    def forward(self, keys, values, query):
-        return self.head(self.value_emb(values).mean(dim=1))
-
-
-@mutant("AttentionRecall", "answers from the last stored pair (the most recent one), as an RNN would", MUTANTS)
-class AttentionRecallLastPair(_AttentionRecallBase):
-    def forward(self, keys, values, query):
-        return self.head(self.value_emb(values[:, -1]))
+    return AttentionRecallLastPair

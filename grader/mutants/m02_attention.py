@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from grader.mutants import Mutant, mutant
+from grader.mutants import mutant
 
 MUTANTS: list = []
 
@@ -54,9 +54,7 @@ def _sdpa_mutant(bug, why):
     def fn(q, k, v, mask=None):
         return _sdpa(q, k, v, mask, bug=bug)
 
-    fn.__name__ = f"sdpa_{bug}"
-    MUTANTS.append(Mutant(fn.__name__, "scaled_dot_product_attention", fn, why))
-    return fn
+    return mutant("scaled_dot_product_attention", why, MUTANTS, name=f"sdpa_{bug}")(fn)
 
 
 _sdpa_mutant("no_scale", "forgets to divide the scores by sqrt(d)")
@@ -176,9 +174,7 @@ def _online_mutant(bug, why):
     def fn(q, k, v, block_size=64, causal=False):
         return _online(q, k, v, block_size, causal, bug=bug)
 
-    fn.__name__ = f"online_{bug}"
-    MUTANTS.append(Mutant(fn.__name__, "online_softmax_attention", fn, why))
-    return fn
+    return mutant("online_softmax_attention", why, MUTANTS, name=f"online_{bug}")(fn)
 
 
 _online_mutant("no_rescale", "never rescales the running sum and output when the running max grows")
