@@ -9,7 +9,7 @@ SOLUTIONS = ROOT / "solutions"
 COURSE = ROOT / "course"
 
 # Execution budget of each whole solution notebook on the 2-core CPU machine, in seconds
-# (CURRICULUM.md, "Time rule"). The grader derives its per-cell timeout and wall-clock cap from it.
+# (grader/README.md, "Time rule"). The grader derives its per-cell timeout and wall-clock cap from it.
 BUDGET_S = {
     "01": 60, "02": 60, "03": 60, "04": 60, "05": 60,
     "06": 150, "07": 150, "08": 150, "09": 240, "10": 150, "11": 150,

@@ -22,7 +22,7 @@ def nbgrader_env() -> dict:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env.setdefault("PYTHONHASHSEED", "0")
-    # Graded checks run on CPU whatever the grading machine has (CURRICULUM.md, Time rule).
+    # Graded checks run on CPU whatever the grading machine has (grader/README.md, "Time rule").
     env["DEEPDIVE_DEVICE"] = "cpu"
     env["CUDA_VISIBLE_DEVICES"] = ""
     env.pop("DEEPDIVE_RECORD_DIR", None)  # set per submission by grader.grade, never inherited

@@ -1,5 +1,5 @@
 """Every solution notebook executes top to bottom, on CPU, within its module's time budget
-(CURRICULUM.md, "Time rule"). The seconds are printed: `pytest -s -k executes`."""
+(grader/README.md, "Time rule"). The seconds are printed: `pytest -s -k executes`."""
 
 import time
 

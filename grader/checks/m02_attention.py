@@ -1,6 +1,6 @@
 """Hidden checks for module 02, scaled dot-product attention.
 
-Oracles (CURRICULUM.md, "Oracle rule"):
+Oracles (grader/README.md, "Oracle rule"):
 - `F.scaled_dot_product_attention` for outputs, with `attn_mask` (bool, True = may attend),
   `is_causal=True` (square causal) and `torch.nn.attention.bias.causal_lower_right`
   (end-aligned causal, the KV-cache case; PyTorch's `is_causal` is top-left aligned when Tq != Tk).
