@@ -27,7 +27,10 @@ def describe(value) -> str:
 def call(fn, *args, hint: str = "", **kwargs):
     """`fn(*args, **kwargs)`; if it raises, an AssertionError that names the call, its inputs' shapes,
     the error, and `hint` (the likely cause, in the learner's words)."""
-    name = getattr(fn, "__qualname__", getattr(fn, "__name__", repr(fn)))
+    if isinstance(fn, torch.nn.Module):  # a model called like a function: name its class
+        name = f"{type(fn).__name__}(...)"
+    else:
+        name = getattr(fn, "__qualname__", getattr(fn, "__name__", repr(fn))).split("<locals>.")[-1]
     try:
         return fn(*args, **kwargs)
     except NotImplementedError:
