@@ -39,7 +39,9 @@ def torch_multihead_attention(attn: nn.Module, n_heads: int) -> nn.MultiheadAtte
 
     Masks differ: ours are True where a query *may* attend; `nn.MultiheadAttention`'s bool
     `attn_mask` is True where it may *not*. Call the oracle with `attn_mask=~mask`, and
-    `need_weights=False` to get its fast path's output only.
+    `need_weights=False` to get its fast path's output only. The oracle lives on the device and in
+    the dtype of `attn`'s weights. For grouped-query attention (fewer K/V heads), expand the K/V
+    projections to one head per query head first: this helper refuses smaller k_proj/v_proj.
     """
     q, k, v, o = attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj
     d_model = q.in_features
@@ -48,8 +50,12 @@ def torch_multihead_attention(attn: nn.Module, n_heads: int) -> nn.MultiheadAtte
             raise ValueError(f"{name} maps to {lin.out_features} features, not d_model = {d_model}: "
                              "nn.MultiheadAttention has one K/V head per query head (repeat K/V heads first)")
     bias = q.bias is not None
-    dtype = q.weight.dtype
-    mha = nn.MultiheadAttention(d_model, n_heads, bias=bias, batch_first=True, dtype=dtype)
+    for name, lin in (("k_proj", k), ("v_proj", v), ("out_proj", o)):
+        if (lin.bias is not None) != bias:
+            raise ValueError(f"q_proj {'has' if bias else 'has no'} bias but {name} "
+                             f"{'has none' if bias else 'has one'}: nn.MultiheadAttention has biases all or none")
+    mha = nn.MultiheadAttention(d_model, n_heads, bias=bias, batch_first=True, dtype=q.weight.dtype,
+                                device=q.weight.device)
     with torch.no_grad():
         mha.in_proj_weight.copy_(torch.cat([q.weight, k.weight, v.weight]))  # (3 C, C)
         mha.out_proj.weight.copy_(o.weight)
