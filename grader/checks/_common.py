@@ -10,6 +10,14 @@ def generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def build_seeded(cls, seed: int, *args, **kwargs):
+    """On the learner's side: `cls(*args, **kwargs)` with its initial weights drawn from `seed`, the
+    global RNG forked, so that neither the notebook's random state nor the check's generator moves."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return cls(*args, **kwargs)
+
+
 def assert_shape(t, expected: tuple, what: str, hint: str = "") -> None:
     if not isinstance(t, torch.Tensor):
         raise AssertionError(f"{what}: expected a torch.Tensor, got {type(t).__name__}")

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from deepdive.oracles import torch_rnn
 from deepdive.recall import RecallConfig, make_recall_batch, train_recall
-from grader.checks._common import assert_close, assert_shape, generator
+from grader.checks._common import assert_close, assert_shape, build_seeded, generator
 from grader.trusted import LearnerRaised, live, on_learner_side, trusted_check
 
 # ---------------------------------------------------------------------------------------------
@@ -165,13 +165,6 @@ RNN_MIN_ACCURACY = 0.80
 ATTENTION_MIN_ACCURACY = 0.80
 
 
-def _build(model_cls, seed, **kwargs):
-    """Instantiate `model_cls` with its weights drawn from `seed`, leaving the global RNG untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return model_cls(**kwargs)
-
-
 def _eval_batch(n_distractors, seed):
     """The held-out sequences, drawn here from their own seed (never seen in training)."""
     cfg = RECALL_CFG
@@ -191,7 +184,7 @@ def _logits(model, keys, values, query):
 def _learner_probe(state, model_cls, seed, kwargs, probes):
     """On the learner's side: build the model from `seed`, keep it for training, return its logits
     for each (keys, values, query) probe."""
-    state["model"] = _build(model_cls, seed, **kwargs)
+    state["model"] = build_seeded(model_cls, seed, **kwargs)
     return tuple(_logits(state["model"], *p) for p in probes)
 
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepdive.oracles import torch_multihead_attention
-from grader.checks._common import assert_close, assert_shape, generator
+from grader.checks._common import assert_close, assert_shape, build_seeded, generator
 from grader.trusted import LearnerRaised, live, on_learner_side, trusted_check
 
 
@@ -285,9 +285,7 @@ def _make_mask(kind, g, B, T, n_heads):
 
 def _learner_build(state, cls, d_model, n_heads, kwargs, build_seed):
     """On the learner's side: build the module from its own seed; return its state_dict's shapes."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(build_seed)
-        state["module"] = cls(d_model, n_heads, **kwargs)
+    state["module"] = build_seeded(cls, build_seed, d_model, n_heads, **kwargs)
     return {name: tuple(t.shape) for name, t in state["module"].state_dict().items()}
 
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from grader.checks._common import assert_close, assert_shape, generator
+from grader.checks._common import assert_close, assert_shape, build_seeded, generator
 from grader.trusted import LearnerRaised, live, on_learner_side, trusted_check
 
 
@@ -70,17 +70,10 @@ def check_sinusoidal_positions(sinusoidal_positions):
 # --------------------------------------------------------------------------------------------- LearnedPositionalEmbedding
 
 
-def _build(cls, seed, *args):
-    """Instantiate the learner's class with its weights drawn from `seed`, global RNG untouched."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return cls(*args)
-
-
 def _learner_learned(cls, seed, max_len, d_model, xs, cotangents):
     """On the learner's side: build the module, return its table, its outputs on `xs` and the
     gradient of <c, module(x)> with respect to the table (None where none reaches it)."""
-    module = _build(cls, seed, max_len, d_model)
+    module = build_seeded(cls, seed, max_len, d_model)
     emb = getattr(module, "embedding", None)
     if not isinstance(emb, nn.Embedding):
         return {"embedding": type(emb).__name__}
@@ -146,7 +139,7 @@ def check_LearnedPositionalEmbedding_max_len(LearnedPositionalEmbedding, seed=0)
     state = {}
 
     def build_and_run():
-        state["module"] = _build(live(LearnedPositionalEmbedding), seed, max_len, d_model)
+        state["module"] = build_seeded(live(LearnedPositionalEmbedding), seed, max_len, d_model)
         return state["module"](fits)
 
     try:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepdive.oracles import llama_mlp, torch_encoder_layer
-from grader.checks._common import assert_close, assert_shape, generator
+from grader.checks._common import assert_close, assert_shape, build_seeded, generator
 from grader.trusted import LearnerRaised, live, on_learner_side, trusted_check
 
 ACTIVATIONS = ("relu", "gelu", "swiglu")
@@ -38,9 +38,7 @@ ACTIVATIONS = ("relu", "gelu", "swiglu")
 def _build(cls, seed, *args, **kwargs):
     """On the learner's side: `cls(*args, **kwargs)` in eval mode, its own initial weights drawn from
     `seed` with the global RNG forked (the notebook's random state and the check's generator stay put)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        module = cls(*args, **kwargs)
+    module = build_seeded(cls, seed, *args, **kwargs)
     if not isinstance(module, nn.Module):
         raise TypeError(f"{getattr(cls, '__name__', cls)}(...) is not an nn.Module")
     return module.eval()
