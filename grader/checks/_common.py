@@ -1,5 +1,7 @@
 """Assertion helpers for the hidden checks: failures must read well in a learner's feedback."""
 
+from contextlib import contextmanager
+
 import torch
 
 from grader.trusted import LearnerRaised, live, on_learner_side
@@ -16,6 +18,22 @@ def build_seeded(cls, seed: int, *args, **kwargs):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return cls(*args, **kwargs)
+
+
+@contextmanager
+def swapped_globals(namespace, replacements: dict):
+    """On the learner's side: while the block runs, the names of `replacements` that the notebook namespace
+    `namespace` (a function's `__globals__`) defines are bound to the replacement objects (library-correct
+    versions of the learner's other graded functions: one bug costs points once); restored afterwards,
+    whatever happens. Only names the notebook defines are replaced (nothing is added to a namespace)."""
+    saved = {n: namespace[n] for n in replacements if n in namespace} if isinstance(namespace, dict) else {}
+    try:
+        for name in saved:
+            namespace[name] = replacements[name]
+        yield
+    finally:
+        for name, value in saved.items():
+            namespace[name] = value
 
 
 def assert_shape(t, expected: tuple, what: str, hint: str = "") -> None:

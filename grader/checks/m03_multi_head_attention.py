@@ -21,14 +21,13 @@ split/merge/repeat of heads put in place of the notebook's split_heads, merge_he
 """
 
 import math
-from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from deepdive.oracles import torch_multihead_attention
-from grader.checks._common import assert_close, assert_shape, build_seeded, generator
+from grader.checks._common import assert_close, assert_shape, build_seeded, generator, swapped_globals
 from grader.trusted import LearnerRaised, live, on_learner_side, trusted_check
 
 
@@ -137,20 +136,10 @@ _USED_LIBRARY = ("(This check ran your forward with torch's own head split, merg
                  "your split_heads, merge_heads and repeat_kv, so a bug there costs points only in their own checks.)")
 
 
-@contextmanager
 def _library_helpers(cls):
     """On the learner's side: while the block runs, the notebook's split_heads / merge_heads / repeat_kv,
-    as seen by `cls.forward`, are torch's correct versions; restored afterwards, whatever happens.
-    Only names the notebook defines are replaced (nothing is added to a namespace)."""
-    namespace = getattr(getattr(cls, "forward", None), "__globals__", None)
-    saved = {name: namespace[name] for name in _HELPERS if name in namespace} if isinstance(namespace, dict) else {}
-    try:
-        for name in saved:
-            namespace[name] = _HELPERS[name]
-        yield
-    finally:
-        for name, value in saved.items():
-            namespace[name] = value
+    as seen by `cls.forward`, are torch's correct versions (restored afterwards)."""
+    return swapped_globals(getattr(getattr(cls, "forward", None), "__globals__", None), _HELPERS)
 
 
 def _layout(d_model, n_heads, n_kv, bias) -> dict:

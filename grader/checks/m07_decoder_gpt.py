@@ -23,7 +23,6 @@ seen by `generate`, are transformers' own processors (`_library_sampling`).
 
 import dataclasses
 import math
-from contextlib import contextmanager
 from types import SimpleNamespace
 
 import torch
@@ -32,7 +31,7 @@ from torch import nn
 
 from deepdive.decoders import next_char_batch, shakespeare_chars
 from deepdive.oracles import gpt2_from_gpt
-from grader.checks._common import assert_close, assert_shape, build_seeded, generator
+from grader.checks._common import assert_close, assert_shape, build_seeded, generator, swapped_globals
 from grader.trusted import LearnerRaised, live, on_learner_side, trusted_check
 
 
@@ -620,21 +619,10 @@ _USED_LIBRARY = ("(This check ran your generate with transformers' own temperatu
                  "generate itself is judged.)")
 
 
-@contextmanager
 def _library_sampling(fn):
     """On the learner's side: while generate runs, the notebook's sampling functions as seen by
-    `fn.__globals__` are transformers' processors; restored afterwards. Only names the notebook defines
-    are replaced."""
-    namespace = getattr(fn, "__globals__", None)
-    helpers = _library_processors()
-    saved = {n: namespace[n] for n in helpers if n in namespace} if isinstance(namespace, dict) else {}
-    try:
-        for name in saved:
-            namespace[name] = helpers[name]
-        yield
-    finally:
-        for name, value in saved.items():
-            namespace[name] = value
+    `fn.__globals__` are transformers' processors (restored afterwards)."""
+    return swapped_globals(getattr(fn, "__globals__", None), _library_processors())
 
 
 _GEN_CFG = dict(vocab_size=17, n_positions=24, n_embd=16, n_layer=2, n_head=2)
