@@ -150,14 +150,7 @@ def load_pretrained(
     auto_cls = AUTO_CLASSES[task]
     say = print if verbose else (lambda *a, **k: None)
 
-    if source == "auto":
-        if _offline_env():
-            source, why = "local", "HF_HUB_OFFLINE=1 is set"
-        else:
-            reachable, why = hub_reachable(timeout)
-            source = "hub" if reachable else "local"
-    else:
-        why = f"source={source!r} was asked for"
+    source, why = _resolve_source(source, timeout)
 
     if source == "hub":
         name = HUB_NAMES[family]
@@ -182,3 +175,46 @@ def load_pretrained(
         f"same classes as {HUB_NAMES[family]!r}, smaller ({n / 1e6:.1f}M parameters)."
     )
     return model, tokenizer
+
+
+def _resolve_source(source: str, timeout: float) -> tuple[str, str]:
+    """("hub" or "local", why): "auto" becomes "hub" when the hub answers within `timeout` seconds and
+    HF_HUB_OFFLINE is not set; "hub" and "local" stay as asked."""
+    if source != "auto":
+        return source, f"source={source!r} was asked for"
+    if _offline_env():
+        return "local", "HF_HUB_OFFLINE=1 is set"
+    reachable, why = hub_reachable(timeout)
+    return ("hub" if reachable else "local"), why
+
+
+def load_tokenizer(family: str, source: str = "local", timeout: float = 3.0, verbose: bool = True
+                   ) -> PreTrainedTokenizerBase:
+    """The tokenizer of `family` alone (no model weights), by the same rules as `load_pretrained`.
+
+    source: "local" (the course build in `data/models/<family>`, the default: notebooks that train
+    their own model from scratch need only its vocabulary), "hub" or "auto".
+    """
+    if family not in HUB_NAMES:
+        raise ValueError(f"unknown family {family!r}; choose from {sorted(HUB_NAMES)}")
+    if source not in ("auto", "hub", "local"):
+        raise ValueError(f"source must be 'auto', 'hub' or 'local', got {source!r}")
+    say = print if verbose else (lambda *a, **k: None)
+    source, why = _resolve_source(source, timeout)
+    if source == "hub":
+        name = HUB_NAMES[family]
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name)
+            say(f"[deepdive.hub] {family} tokenizer: {name!r} from the Hugging Face hub ({why}).")
+            return tokenizer
+        except OSError as e:
+            if why.startswith("source="):
+                raise
+            why = f"downloading {name!r} failed ({type(e).__name__}: {str(e).splitlines()[0]})"
+    path = local_path(family)
+    if not (path / "tokenizer_config.json").is_file():
+        raise _missing_error(family, why)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    say(f"[deepdive.hub] {family} tokenizer: the course build {path} ({why}); "
+        f"{type(tokenizer).__name__}, vocabulary {len(tokenizer)}.")
+    return tokenizer

@@ -11,6 +11,7 @@ function returns a new library module in eval mode and leaves its argument untou
 | `MultiHeadAttention`: q/k/v/out_proj         | `torch.nn.MultiheadAttention(batch_first=True)`|
 | `TransformerBlock`: attn, ln1, ln2, ff       | `torch.nn.TransformerEncoderLayer`             |
 | `FeedForward("swiglu")`: gate, fc1, fc2      | transformers' `LlamaMLP`                       |
+| `Encoder` (module 06): tok_emb, blocks, mlm_* | transformers' `DistilBertForMaskedLM`          |
 | `GPT` (module 07): nanoGPT's names           | transformers' `GPT2LMHeadModel` (Conv1D: W^T)  |
 """
 
@@ -107,6 +108,78 @@ def llama_mlp(ff: nn.Module) -> nn.Module:
             if theirs.bias is not None:
                 theirs.bias.copy_(ours.bias)
     return mlp.eval()
+
+
+# ------------------------------------------------------------------------ module 06: DistilBERT
+# | ours (`Encoder`, module 06)                        | transformers' DistilBertForMaskedLM               |
+# |----------------------------------------------------|---------------------------------------------------|
+# | tok_emb, pos_emb, emb_ln                           | distilbert.embeddings.word_/position_embeddings, .LayerNorm |
+# | blocks.i.attn.q_proj / k_proj / v_proj / out_proj  | distilbert.transformer.layer.i.attention.q_lin / k_lin / v_lin / out_lin |
+# | blocks.i.ln1, blocks.i.ln2                         | ...layer.i.sa_layer_norm, ...layer.i.output_layer_norm |
+# | blocks.i.ff.fc1, blocks.i.ff.fc2                   | ...layer.i.ffn.lin1, ...layer.i.ffn.lin2           |
+# | mlm_dense, mlm_ln, mlm_out (weight tied to tok_emb) | vocab_transform, vocab_layer_norm, vocab_projector |
+
+_DISTILBERT_EMBEDDINGS = {"tok_emb": "distilbert.embeddings.word_embeddings",
+                          "pos_emb": "distilbert.embeddings.position_embeddings",
+                          "emb_ln": "distilbert.embeddings.LayerNorm"}
+_DISTILBERT_LAYER = {"attn.q_proj": "attention.q_lin", "attn.k_proj": "attention.k_lin",
+                     "attn.v_proj": "attention.v_lin", "attn.out_proj": "attention.out_lin",
+                     "ln1": "sa_layer_norm", "ln2": "output_layer_norm", "ff.fc1": "ffn.lin1", "ff.fc2": "ffn.lin2"}
+_DISTILBERT_HEAD = {"mlm_dense": "vocab_transform", "mlm_ln": "vocab_layer_norm", "mlm_out": "vocab_projector"}
+
+
+def distilbert_names(n_layers: int) -> dict[str, str]:
+    """Our module prefix -> DistilBertForMaskedLM's, for an encoder of `n_layers` blocks."""
+    names = dict(_DISTILBERT_EMBEDDINGS)
+    for i in range(n_layers):
+        names.update({f"blocks.{i}.{ours}": f"distilbert.transformer.layer.{i}.{theirs}"
+                      for ours, theirs in _DISTILBERT_LAYER.items()})
+    names.update(_DISTILBERT_HEAD)
+    return names
+
+
+def distilbert_config(vocab_size: int, max_len: int, d_model: int, n_heads: int, n_layers: int, d_ff: int):
+    """A DistilBertConfig of these sizes with GELU, learned positions, no dropout, tied embeddings."""
+    from transformers import DistilBertConfig
+
+    return DistilBertConfig(vocab_size=vocab_size, max_position_embeddings=max_len, dim=d_model, n_heads=n_heads,
+                            n_layers=n_layers, hidden_dim=d_ff, activation="gelu", dropout=0.0,
+                            attention_dropout=0.0, sinusoidal_pos_embds=False, tie_word_embeddings=True,
+                            pad_token_id=0)
+
+
+def distilbert_from_encoder(encoder, n_heads: int, attn_implementation: str = "eager"):
+    """transformers' `DistilBertForMaskedLM` (eval mode, dropout 0) with the weights of a course
+    `Encoder` (a module or its state_dict, table above). The sizes are read from the weights' shapes;
+    `n_heads` cannot be, so it is given. The library ties `vocab_projector.weight` to the word
+    embeddings, so `mlm_out.weight` is not copied: the oracle uses `tok_emb.weight` there, as a tied
+    encoder does; `mlm_out.bias` is copied. Padding masks are passed to the oracle as
+    `attention_mask` (B, T), 1 = real token."""
+    from transformers import DistilBertForMaskedLM
+
+    state = encoder.state_dict() if isinstance(encoder, nn.Module) else dict(encoder)
+    V, C = state["tok_emb.weight"].shape
+    max_len = state["pos_emb.weight"].shape[0]
+    n_layers = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
+    d_ff = state["blocks.0.ff.fc1.weight"].shape[0]
+    config = distilbert_config(V, max_len, C, n_heads, n_layers, d_ff)
+    config._attn_implementation = attn_implementation
+    model = DistilBertForMaskedLM(config).to(state["tok_emb.weight"].dtype)
+    theirs = model.state_dict()
+    with torch.no_grad():
+        for ours_prefix, their_prefix in distilbert_names(n_layers).items():
+            for part in ("weight", "bias"):
+                key = f"{ours_prefix}.{part}"
+                if key == "mlm_out.weight" or key not in state:
+                    continue
+                target = theirs[f"{their_prefix}.{part}"]
+                if tuple(target.shape) != tuple(state[key].shape):
+                    raise ValueError(f"{key} has shape {tuple(state[key].shape)}; DistilBERT's "
+                                     f"{their_prefix}.{part} has {tuple(target.shape)}")
+                target.copy_(state[key])
+    if model.vocab_projector.weight.data_ptr() != model.distilbert.embeddings.word_embeddings.weight.data_ptr():
+        raise RuntimeError("DistilBertForMaskedLM did not tie vocab_projector to the word embeddings")
+    return model.eval()
 
 
 # ----------------------------------------------------------------------------- GPT-2 (module 07)

@@ -36,6 +36,22 @@ def swapped_globals(namespace, replacements: dict):
             namespace[name] = value
 
 
+def load_weights(module, weights: dict, layout: str = "") -> None:
+    """On the learner's side: copy the check's tensors into the module's parameters, by name. `layout`
+    (e.g. "tok_emb, pos_emb, ...") is named when a parameter is missing; by default the names asked for."""
+    with torch.no_grad():
+        for name, w in weights.items():
+            try:
+                p = module.get_parameter(name)
+            except AttributeError:
+                raise AttributeError(f"{type(module).__name__} has no parameter `{name}` (the layout asked for: "
+                                     f"{layout or ', '.join(weights)})") from None
+            if tuple(p.shape) != tuple(w.shape):
+                raise ValueError(f"{type(module).__name__}.{name} has shape {tuple(p.shape)}, expected "
+                                 f"{tuple(w.shape)}")
+            p.copy_(w)
+
+
 def assert_shape(t, expected: tuple, what: str, hint: str = "") -> None:
     if not isinstance(t, torch.Tensor):
         raise AssertionError(f"{what}: expected a torch.Tensor, got {type(t).__name__}")

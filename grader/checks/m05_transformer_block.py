@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepdive.oracles import llama_mlp, torch_encoder_layer
-from grader.checks._common import assert_close, assert_shape, build_seeded, generator
+from grader.checks._common import assert_close, assert_shape, build_seeded, generator, load_weights
 from grader.trusted import LearnerRaised, live, on_learner_side, trusted_check
 
 ACTIVATIONS = ("relu", "gelu", "swiglu")
@@ -42,21 +42,6 @@ def _build(cls, seed, *args, **kwargs):
     if not isinstance(module, nn.Module):
         raise TypeError(f"{getattr(cls, '__name__', cls)}(...) is not an nn.Module")
     return module.eval()
-
-
-def _load(module, weights: dict) -> None:
-    """On the learner's side: copy the check's tensors into the module's parameters, by name."""
-    with torch.no_grad():
-        for name, w in weights.items():
-            try:
-                p = module.get_parameter(name)
-            except AttributeError:
-                raise AttributeError(f"{type(module).__name__} has no parameter `{name}` (the layout asked for: "
-                                     f"{', '.join(weights)})") from None
-            if tuple(p.shape) != tuple(w.shape):
-                raise ValueError(f"{type(module).__name__}.{name} has shape {tuple(p.shape)}, expected "
-                                 f"{tuple(w.shape)}")
-            p.copy_(w)
 
 
 def _state(module) -> dict:
@@ -138,7 +123,7 @@ class _SwiGLUWeights(nn.Module):
 def _run_ffn(FeedForward, seed, d, d_ff, activation, weights, inputs):
     """On the learner's side: build FeedForward, copy the weights in, return (state_dict, outputs)."""
     ff = _build(FeedForward, seed, d, d_ff, activation=activation)
-    _load(ff, weights)
+    load_weights(ff, weights)
     with torch.no_grad():
         return _state(ff), tuple(ff(x) for x in inputs)
 
@@ -280,7 +265,7 @@ def _run_block(TransformerBlock, seed, cfg, norm_first, activation, weights, x, 
     run forward once per mask (None = no mask argument)."""
     d, n_heads, d_ff = cfg
     block = _build(TransformerBlock, seed, d, n_heads, d_ff, norm_first=norm_first, activation=activation)
-    _load(block, weights)
+    load_weights(block, weights)
     state = _state(block)
     block.ff = _LibraryFFN(weights, activation, prefix="ff.").eval()
     with torch.no_grad():
@@ -390,7 +375,7 @@ def _run_route(MoEFeedForward, seed, cfg, router, x):
     """On the learner's side: the router's recorded weights, the number of experts, route(x)."""
     d, d_ff, n_experts, top_k = cfg
     moe = _build(MoEFeedForward, seed, d, d_ff, n_experts, top_k)
-    _load(moe, router)
+    load_weights(moe, router)
     with torch.no_grad():
         return _state(moe.router), len(moe.experts), moe.route(x)
 
@@ -473,7 +458,7 @@ def _run_moe(MoEFeedForward, seed, cfg, router, x):
     """On the learner's side: forward(x), route on the flattened tokens, every expert on every token."""
     d, d_ff, n_experts, top_k = cfg
     moe = _build(MoEFeedForward, seed, d, d_ff, n_experts, top_k)
-    _load(moe, router)
+    load_weights(moe, router)
     flat = x.reshape(-1, d)  # (N, C)
     with torch.no_grad():
         return moe(x), moe.route(flat), tuple(expert(flat) for expert in moe.experts), _state(moe.router)
