@@ -154,15 +154,12 @@ def load_pretrained(
 
     if source == "hub":
         name = HUB_NAMES[family]
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(name)
-            model = auto_cls.from_pretrained(name, **model_kwargs)
+        loaded, why = _from_hub(name, why, lambda: (AutoTokenizer.from_pretrained(name),
+                                                    auto_cls.from_pretrained(name, **model_kwargs)))
+        if loaded is not None:
             say(f"[deepdive.hub] {family}: using {name!r} from the Hugging Face hub ({why}).")
+            tokenizer, model = loaded
             return model, tokenizer
-        except OSError as e:
-            if why.startswith("source="):
-                raise
-            why = f"downloading {name!r} failed ({type(e).__name__}: {str(e).splitlines()[0]})"
 
     path = local_path(family)
     if not (path / "config.json").is_file():
@@ -188,6 +185,18 @@ def _resolve_source(source: str, timeout: float) -> tuple[str, str]:
     return ("hub" if reachable else "local"), why
 
 
+def _from_hub(name: str, why: str, load):
+    """(load(), why) when the download works; (None, why it failed) when it fails and the hub was only
+    tried because source="auto" (the caller then falls back to the course build). An explicit
+    source="hub" re-raises the error."""
+    try:
+        return load(), why
+    except OSError as e:
+        if why.startswith("source="):
+            raise
+        return None, f"downloading {name!r} failed ({type(e).__name__}: {str(e).splitlines()[0]})"
+
+
 def load_tokenizer(family: str, source: str = "local", timeout: float = 3.0, verbose: bool = True
                    ) -> PreTrainedTokenizerBase:
     """The tokenizer of `family` alone (no model weights), by the same rules as `load_pretrained`.
@@ -203,14 +212,10 @@ def load_tokenizer(family: str, source: str = "local", timeout: float = 3.0, ver
     source, why = _resolve_source(source, timeout)
     if source == "hub":
         name = HUB_NAMES[family]
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(name)
+        tokenizer, why = _from_hub(name, why, lambda: AutoTokenizer.from_pretrained(name))
+        if tokenizer is not None:
             say(f"[deepdive.hub] {family} tokenizer: {name!r} from the Hugging Face hub ({why}).")
             return tokenizer
-        except OSError as e:
-            if why.startswith("source="):
-                raise
-            why = f"downloading {name!r} failed ({type(e).__name__}: {str(e).splitlines()[0]})"
     path = local_path(family)
     if not (path / "tokenizer_config.json").is_file():
         raise _missing_error(family, why)

@@ -61,16 +61,14 @@ def _windows(split, max_chars, n, seq_len, g):
     return sample_windows(_stream(split, max_chars), n, seq_len, _tokenizer(), g)
 
 
-def _collator(seed):
+def _library_mask(batch: torch.Tensor, seed: int, tokenizer=None):
+    """transformers' DataCollatorForLanguageModeling (15%, 80/10/10) with `tokenizer` (the course
+    tokenizer by default) on `batch` (B, T): (inputs, labels)."""
     from transformers import DataCollatorForLanguageModeling
 
-    return DataCollatorForLanguageModeling(_tokenizer(), mlm=True, mlm_probability=0.15, seed=seed,
-                                           return_tensors="pt")
-
-
-def _library_mask(batch: torch.Tensor, seed: int):
-    """transformers' DataCollatorForLanguageModeling on `batch` (B, T): (inputs, labels)."""
-    out = _collator(seed)([row for row in batch])
+    collator = DataCollatorForLanguageModeling(tokenizer or _tokenizer(), mlm=True, mlm_probability=0.15, seed=seed,
+                                               return_tensors="pt")
+    out = collator([row for row in batch])
     return out["input_ids"], out["labels"]
 
 
@@ -626,16 +624,12 @@ def _validation_questions(seed):
     """VAL_WINDOWS held-out windows masked by the collator (15%, 80/10/10), with labels kept only at the
     [MASK] positions: (inputs, labels), (n, T). The kept and randomised 10% are left out on purpose: a
     model can score on them by copying what it sees, without reading any context."""
-    from transformers import DataCollatorForLanguageModeling
-
     from deepdive.encoders import sample_windows, shakespeare_tokens
 
     tok = _train_tokenizer()
     val = sample_windows(shakespeare_tokens(tok, "validation", max_chars=VAL_CHARS), VAL_WINDOWS, TRAIN["seq_len"], tok,
                          generator(10_000 + seed))  # (n, T)
-    out = DataCollatorForLanguageModeling(tok, mlm=True, mlm_probability=0.15, seed=10_000 + seed,
-                                          return_tensors="pt")([row for row in val])
-    inputs, labels = out["input_ids"], out["labels"]
+    inputs, labels = _library_mask(val, 10_000 + seed, tok)
     labels = labels.masked_fill(inputs != tok.mask_token_id, -100)  # (n, T): [MASK] positions only
     return inputs, labels
 
