@@ -11,16 +11,19 @@ export PYTHONPATH := $(CURDIR)
 
 SUBMISSIONS ?=
 OUT         ?=
+WORKERS     ?=
+SCHEDULER   ?=
+RESUME      ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := all
-.PHONY: all help setup data models student release grade lab test test-fast lint clean
+.PHONY: all help setup data models student release grade lab test test-fast test-calibration lint clean
 
 all: setup data models student release ## set everything up and build both releases (the README's first command)
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
-	@echo "  make grade SUBMISSIONS=<dir or .zip> OUT=<dir>   autograde a class (see README)"
+	@echo "  make grade SUBMISSIONS=<dir or .zip> OUT=<dir> [WORKERS=N] [RESUME=1]   autograde a class (see README)"
 
 setup: $(VENV)/.installed ## create .venv with the pinned packages (idempotent)
 
@@ -52,18 +55,21 @@ student: setup ## regenerate course/ (student notebooks) from solutions/ with nb
 release: student ## write dist/transformer-deep-dive-{student,instructor}.zip
 	$(PY) -m grader.build release
 
-grade: setup ## autograde: make grade SUBMISSIONS=<dir or .zip> OUT=<dir>
-	@test -n "$(SUBMISSIONS)" -a -n "$(OUT)" || { echo "usage: make grade SUBMISSIONS=<dir or .zip> OUT=<new dir>"; exit 2; }
-	$(PY) -m grader.grade "$(SUBMISSIONS)" "$(OUT)"
+grade: setup ## autograde: make grade SUBMISSIONS=<dir or .zip> OUT=<dir> [WORKERS=N] [SCHEDULER=tcp://...] [RESUME=1]
+	@test -n "$(SUBMISSIONS)" -a -n "$(OUT)" || { echo "usage: make grade SUBMISSIONS=<dir or .zip> OUT=<new dir> [WORKERS=N] [SCHEDULER=tcp://host:8786] [RESUME=1]"; exit 2; }
+	$(PY) -m grader.grade "$(SUBMISSIONS)" "$(OUT)" $(if $(WORKERS),--workers $(WORKERS)) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(RESUME),--resume)
 
 lab: setup ## open JupyterLab on the student notebooks
 	$(BIN)/jupyter lab --notebook-dir=course
 
-test: setup data models ## run every test (what CI runs)
-	$(PY) -m pytest $(PYTEST_ARGS)
+test: setup data models ## run the test suite (what CI runs; within 30 min on 2 cores)
+	$(PY) -m pytest -m "not calibration" $(PYTEST_ARGS)
 
-test-fast: setup ## the tests that take seconds, not minutes
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+test-fast: setup data models ## the tests that take seconds, not minutes (no grading, no training checks' seeds)
+	$(PY) -m pytest -m "not slow and not calibration" $(PYTEST_ARGS)
+
+test-calibration: setup data models ## training checks on their other four seeds (~4 min)
+	$(PY) -m pytest -m calibration $(PYTEST_ARGS)
 
 lint: setup ## ruff on code and notebooks
 	$(BIN)/ruff check .

@@ -1,6 +1,7 @@
-"""Autograde a class's submissions with nbgrader.
+"""Autograde a class's submissions with nbgrader, several notebooks at once.
 
-    python -m grader.grade SUBMISSIONS OUT        (or: make grade SUBMISSIONS=... OUT=...)
+    python -m grader.grade SUBMISSIONS OUT [--workers N] [--scheduler ADDRESS] [--resume]
+    (or: make grade SUBMISSIONS=... OUT=... [WORKERS=N] [SCHEDULER=...] [RESUME=1])
 
 SUBMISSIONS is a folder or a .zip laid out as nbgrader's submitted/ directory:
     <student_id>/<assignment_id>/<assignment_id>.ipynb
@@ -10,10 +11,17 @@ OUT receives:
     verdicts.csv        one row per hidden check: points, score, verdict, what the kernel showed, message
     feedback/<student_id>/<assignment_id>/<assignment_id>.html
     autograded/...      the executed notebooks, as nbgrader left them
+    timing.csv          per notebook: wall seconds, seconds its cells ran, the difference (machinery)
     score_distribution.png, gradebook.db, grading.log
 
-The input is never modified: it is copied (or unzipped) into a private working course
-directory. A bad submission (unreadable, missing, looping, crashing its kernel, printing
+Each notebook is one task (grader/task.py), graded in its own private nbgrader course by a Dask
+worker: `--workers N` local worker processes (default: the machine's cores; each kernel's torch
+gets cores / N threads), or the workers of the Dask cluster at `--scheduler`. A finished notebook
+is written at once as a part under OUT/.grading/; when all are done the parts merge, in the
+input's order, into the outputs above (the same as a serial run's), and .grading/ goes. An
+interrupted run keeps its parts: `--resume` grades only what is missing (or changed).
+
+The input is never modified: it is copied (or unzipped) into a private working directory. A bad submission (unreadable, missing, looping, crashing its kernel, printing
 50 MB) gets its own row and score and never stops the batch. The exit status is 0 unless the
 grading machinery itself failed.
 
@@ -23,51 +31,39 @@ kernel has exited. Nothing the kernel reports (an exception or its absence) is a
 """
 
 import argparse
+import contextlib
 import csv
+import hashlib
 import html
+import io
 import json
+import os
 import re
 import shutil
-import subprocess
+import sqlite3
 import sys
+import tarfile
 import tempfile
 import time
 import traceback
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
-import nbformat
 from tqdm import tqdm
 
 from grader.assignments import SOLUTIONS, assignment_ids, budget_s
-from grader.hidden import hidden_tests
-from grader.nbgrader_cli import nbgrader
-from grader.scoring import score_submission
-from grader.submission import UnreadableNotebook, read_notebook, repair
-from grader.trusted import RECORD_DIR_ENV
+from grader.task import Row, course_fingerprint, grade_task
 
 STUDENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]*$")
 GRADE_COLUMNS = ["student_id", "assignment", "score", "max_score", "status", "message"]
 CELL_COLUMNS = ["student_id", "assignment", "grade_id", "score", "max_score"]
 VERDICT_COLUMNS = ["student_id", "assignment", "grade_id", "check", "points", "score", "verdict", "kernel", "message"]
+TIMING_COLUMNS = ["student_id", "assignment", "status", "wall_s", "execute_s", "overhead_s", "judge_s"]
 
 
 class GradingError(Exception):
     """The grading machinery itself failed (not a submission): exit non-zero."""
-
-
-@dataclass
-class Row:
-    student_id: str
-    assignment: str
-    score: float = 0.0
-    max_score: float | str = ""
-    status: str = "graded"
-    message: str = ""
-    notes: list = field(default_factory=list, repr=False)
-    verdicts: list = field(default_factory=list, repr=False)
-    judge_s: float = field(default=0.0, repr=False)  # seconds spent judging the records (grading.log)
 
 
 # ----------------------------------------------------------------------------- input
@@ -138,86 +134,34 @@ def discover(root: Path) -> list[tuple[str, str, Path | None, list[str]]]:
     return found
 
 
-# ----------------------------------------------------------------------------- grading
+# ----------------------------------------------------------------------------- the run's template course
 
-def prepare_course(work: Path, log) -> tuple[dict, dict]:
-    """A private nbgrader course: the instructor notebooks, a fresh gradebook, the release; and
-    each assignment's hidden tests, read from the private copy before any submission runs."""
-    shutil.copytree(SOLUTIONS, work / "solutions", ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
-    releases = {}
-    for aid in assignment_ids():
-        result = nbgrader("generate_assignment", aid, "--force", root=work, db=work / "gradebook.db", log=log)
-        release = work / "course" / aid / f"{aid}.ipynb"
-        if result.returncode != 0 or not release.exists():
-            raise GradingError(f"nbgrader generate_assignment {aid} failed; see grading.log")
-        releases[aid] = nbformat.read(release, as_version=4)
-    tests = {aid: hidden_tests(aid, work / "solutions" / aid / f"{aid}.ipynb") for aid in releases}
-    return releases, tests
+def build_template(log) -> bytes:
+    """A private nbgrader course for this run, as a tar: the instructor notebooks, every module's
+    release and a gradebook that knows every assignment. Each task grades in its own copy, so the
+    gradebook rows of every part refer to the same assignments and cells and merge into one."""
+    from grader.nbgrader_cli import nbgrader_env
+    from grader.nbgrader_server import NbgraderServer
 
-
-def _failure_summary(autograded: Path) -> str:
-    """'x_hidden: AssertionError: ...; y_visible: CellTimeoutError' from the executed notebook."""
-    nb = nbformat.read(autograded, as_version=4)
-    failed = []
-    for cell in nb.cells:
-        meta = cell.metadata.get("nbgrader", {})
-        if cell.cell_type != "code" or not meta.get("grade"):
-            continue
-        errors = [o for o in cell.outputs if o.output_type == "error"]
-        if errors:
-            err = errors[0]
-            text = f"{err.ename}: {err.evalue}".strip().rstrip(":")
-            failed.append(f"{meta['grade_id']}: {text.splitlines()[0][:160] if text else err.ename}")
-    return "failed " + "; ".join(failed) if failed else ""
-
-
-def grade_one(row: Row, notebook: Path, work: Path, release, tests, cell_timeout: int, cap: int, log) -> Row:
-    try:
-        nb = read_notebook(notebook)
-    except UnreadableNotebook as exc:
-        row.status, row.message = "unreadable", str(exc)
-        return row
-    row.notes += repair(nb, release)
-    dest = work / "submitted" / row.student_id / row.assignment
-    dest.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, dest / f"{row.assignment}.ipynb")
-    records = work.parent / "records" / row.student_id / row.assignment  # where the checks leave results
-    shutil.rmtree(records, ignore_errors=True)
-    records.mkdir(parents=True)
-    try:
-        result = nbgrader("autograde", row.assignment, f"--student={row.student_id}", "--force",
-                          f"--Execute.timeout={cell_timeout}", root=work, db=work / "gradebook.db",
-                          timeout=cap, log=log, env={RECORD_DIR_ENV: str(records)})
-    except subprocess.TimeoutExpired:
-        row.status = "timeout"
-        row.message = (f"grading stopped after {cap} s, the wall-clock cap per notebook; nothing was scored. "
-                       "Make sure Kernel > Restart & Run All finishes quickly with the default settings")
-        return row
-    out = work / "autograded" / row.student_id / row.assignment / f"{row.assignment}.ipynb"
-    if "Kernel died" in result.stdout or "DeadKernelError" in result.stdout:
-        row.status = "kernel_died"
-        row.message = ("the Python kernel died while the notebook ran (exit(), os._exit(), a crash or running out "
-                       "of memory), so no test could be scored. Kernel > Restart & Run All reproduces it")
-        return row
-    if not out.exists() and "CellTimeoutError" in result.stdout:
-        row.status = "timeout"
-        row.message = (f"a cell ran past the per-cell limit of {cell_timeout} s and did not stop when interrupted, "
-                       "so the notebook could not finish and nothing was scored")
-        return row
-    if not out.exists():
-        tail = [ln for ln in result.stdout.splitlines() if "ERROR" in ln][-3:]
-        row.status, row.message = "error", "nbgrader could not grade this notebook: " + " | ".join(tail)[:400]
-        return row
-    t0 = time.perf_counter()
-    row.verdicts, disagreements = score_submission(row.student_id, row.assignment, out, tests, records,
-                                                   work / "gradebook.db")
-    row.judge_s = time.perf_counter() - t0
-    row.notes += disagreements
-    shutil.rmtree(records, ignore_errors=True)
-    row.message = _failure_summary(out)
-    if "Timeout waiting for execute reply" in result.stdout or "CellTimeoutError" in row.message:
-        row.notes.append(f"a cell ran past the per-cell limit of {cell_timeout} s and was interrupted")
-    return row
+    with tempfile.TemporaryDirectory(prefix="deepdive-template-") as tmp:
+        work = Path(tmp)
+        shutil.copytree(SOLUTIONS, work / "solutions", ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
+        server = NbgraderServer(nbgrader_env())
+        try:
+            for aid in assignment_ids():
+                rc = server.run("generate_assignment", aid, "", root=work, db=work / "gradebook.db",
+                                log=work / "generate.log", timeout=600)
+                if rc != 0 or not (work / "course" / aid / f"{aid}.ipynb").exists():
+                    log.write((work / "generate.log").read_text())
+                    raise GradingError(f"nbgrader generate_assignment {aid} failed; see grading.log")
+        finally:
+            server.close()
+        log.write((work / "generate.log").read_text())
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tf:
+            for name in ("solutions", "course", "gradebook.db"):
+                tf.add(work / name, arcname=name)
+        return buf.getvalue()
 
 
 def read_scores(db: Path, rows: list[Row]) -> list[dict]:
@@ -249,23 +193,16 @@ def read_scores(db: Path, rows: list[Row]) -> list[dict]:
 
 # ----------------------------------------------------------------------------- outputs
 
-def write_feedback(work: Path, out: Path, rows: list[Row], log) -> None:
-    graded = sorted({r.assignment for r in rows if r.status == "graded"})
-    for aid in graded:
-        nbgrader("generate_feedback", aid, "--force", root=work, db=work / "gradebook.db", log=log)
-    if (work / "feedback").exists():
-        shutil.copytree(work / "feedback", out / "feedback", dirs_exist_ok=True)
-    for row in rows:  # a page for every row, also those nbgrader could not grade
-        page = out / "feedback" / row.student_id / row.assignment / f"{row.assignment}.html"
-        if not page.exists():
-            page.parent.mkdir(parents=True, exist_ok=True)
-            page.write_text(
-                f"<!doctype html><meta charset='utf-8'><title>{html.escape(row.assignment)}</title>"
-                f"<h1>{html.escape(row.assignment)} — {html.escape(row.student_id)}</h1>"
-                f"<p><b>Score:</b> {row.score} / {row.max_score} &nbsp; <b>Status:</b> {html.escape(row.status)}</p>"
-                f"<p>{html.escape(row.message)}</p>", encoding="utf-8")
-    for stamp in (out / "feedback").rglob("timestamp.txt"):
-        stamp.unlink()  # nbgrader writes the time of grading: drop it so reruns give identical output
+def fallback_page(out: Path, row: Row) -> None:
+    """A feedback page for a row nbgrader could not grade (unreadable, missing, timed out, ...)."""
+    page = out / "feedback" / row.student_id / row.assignment / f"{row.assignment}.html"
+    if not page.exists():
+        page.parent.mkdir(parents=True, exist_ok=True)
+        page.write_text(
+            f"<!doctype html><meta charset='utf-8'><title>{html.escape(row.assignment)}</title>"
+            f"<h1>{html.escape(row.assignment)} — {html.escape(row.student_id)}</h1>"
+            f"<p><b>Score:</b> {row.score} / {row.max_score} &nbsp; <b>Status:</b> {html.escape(row.status)}</p>"
+            f"<p>{html.escape(row.message)}</p>", encoding="utf-8")
 
 
 def plot_distribution(cells: list[dict], path: Path) -> None:
@@ -312,59 +249,230 @@ def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
+# ----------------------------------------------------------------------------- running the tasks
+
+STATE = ".grading"  # inside OUT while a run is unfinished: the template, the manifest and one part per notebook
+
+
+def _part_dir(state: Path, sid: str, aid: str) -> Path:
+    return state / "parts" / sid / aid
+
+
+def write_part(state: Path, result: dict) -> None:
+    """A finished notebook's result, written so that it is either all there or not at all."""
+    row = result["row"]
+    final = _part_dir(state, row["student_id"], row["assignment"])
+    tmp = final.parent / f".{final.name}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    for rel, data in result["files"].items():
+        (tmp / "files" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / "files" / rel).write_bytes(data)
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "gradebook.db").write_bytes(result["db"])
+    (tmp / "nbgrader.log").write_text(result["log"], encoding="utf-8")
+    meta = {k: v for k, v in result.items() if k not in ("files", "db", "log")}
+    (tmp / "result.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+
+
+def read_part(state: Path, sid: str, aid: str) -> dict | None:
+    path = _part_dir(state, sid, aid) / "result.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
+@contextlib.contextmanager
+def dask_client(workers: int, scheduler: str | None):
+    """A Dask client: on the cluster at `scheduler`, or on `workers` local worker processes with
+    one task thread each."""
+    import logging
+
+    from distributed import Client, LocalCluster
+
+    if scheduler:
+        try:
+            client = Client(scheduler, timeout="30s")
+        except OSError as exc:
+            raise GradingError(f"could not reach the Dask scheduler at {scheduler}: {exc}") from exc
+        with client:
+            yield client
+        return
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        yield client
+
+
+def run_tasks(specs: list[dict], template: bytes, state: Path, workers: int, scheduler: str | None,
+              done: int, total: int) -> None:
+    """Grade every spec on the workers; each result is written as a part the moment it arrives."""
+    from distributed import as_completed
+
+    fingerprint = course_fingerprint()
+    bar = tqdm(total=total, initial=done, desc="grading", unit="notebook", file=sys.stderr)
+    with dask_client(workers, scheduler) as client:
+        shared = client.scatter(template, broadcast=True)
+        futures = {client.submit(grade_task, spec, shared, key=f"grade-{spec['student_id']}-{spec['assignment']}-"
+                                 f"{spec['sha256'][:12]}", pure=False): spec for spec in specs}
+        for future in as_completed(futures):
+            spec = futures[future]
+            try:
+                result = future.result()
+            except Exception as exc:  # e.g. the worker died (out of memory) on this notebook several times
+                row = Row(spec["student_id"], spec["assignment"], notes=list(spec["notes"]), status="error",
+                          message=f"the grading worker failed on this notebook: {type(exc).__name__}: {exc}"[:300])
+                result = {"row": asdict(row), "files": {}, "db": b"", "log": traceback.format_exc(),
+                          "sha256": spec["sha256"], "execute_s": 0.0, "phases": {}, "wall_s": 0.0, "fingerprint": fingerprint}
+            if result["fingerprint"] != fingerprint:
+                raise GradingError(f"a worker runs another version of the course (code {result['fingerprint']}, "
+                                   f"here {fingerprint}): install this repository's version on every worker")
+            write_part(state, result)
+            bar.update(1)
+            bar.set_postfix_str(f"{spec['student_id']}/{spec['assignment']}")
+    bar.close()
+
+
+# ----------------------------------------------------------------------------- merging the parts
+
+PART_TABLES = ["submitted_assignment", "submitted_notebook", "grade", "comment"]
+
+
+def merge_gradebooks(template_db: Path, parts: list[Path], dest: Path) -> None:
+    """One gradebook: the template's assignments, then each part's student and submission rows.
+    Every part started from the same template, so their rows refer to the same cells."""
+    shutil.copy(template_db, dest)
+    con = sqlite3.connect(dest)
+    try:
+        for part in parts:
+            con.execute("ATTACH DATABASE ? AS part", (str(part),))
+            con.execute("INSERT OR IGNORE INTO student SELECT * FROM part.student")
+            for table in PART_TABLES:
+                con.execute(f"INSERT INTO {table} SELECT * FROM part.{table}")
+            con.commit()
+            con.execute("DETACH DATABASE part")
+    finally:
+        con.close()
+
+
+def merge(out: Path, state: Path, rows: list[Row], results: dict, log) -> list[dict]:
+    """Write every output of the run from its parts: the order is the input's, whatever order
+    the workers finished in, so a parallel run's outputs equal a serial run's."""
+    with tempfile.TemporaryDirectory(prefix="deepdive-merge-") as tmp:
+        with tarfile.open(state / "template.tar") as tf:
+            tf.extract("gradebook.db", tmp, filter="data")
+        parts = [_part_dir(state, r.student_id, r.assignment) / "gradebook.db" for r in rows
+                 if (r.student_id, r.assignment) in results and results[r.student_id, r.assignment]["db_bytes"]]
+        merge_gradebooks(Path(tmp) / "gradebook.db", parts, out / "gradebook.db")
+    cells = read_scores(out / "gradebook.db", rows)
+    timing = []
+    for row in rows:
+        row.message = "; ".join(filter(None, [*row.notes, row.message])).replace("\n", " ")
+        result = results.get((row.student_id, row.assignment))
+        if result is not None:
+            part = _part_dir(state, row.student_id, row.assignment)
+            log.write((part / "nbgrader.log").read_text(encoding="utf-8"))
+            if (part / "files").is_dir():
+                shutil.copytree(part / "files", out, dirs_exist_ok=True)
+            wall, execute = result["wall_s"], result["execute_s"]
+            timing.append({"student_id": row.student_id, "assignment": row.assignment, "status": row.status,
+                           "wall_s": f"{wall:.2f}", "execute_s": f"{execute:.2f}",
+                           "overhead_s": f"{wall - execute:.2f}", "judge_s": f"{row.judge_s:.2f}"})
+            phases = ", ".join(f"{k} {v:.2f} s" for k, v in result.get("phases", {}).items())
+            log.write(f"# {row.student_id}/{row.assignment}: {row.status} in {wall:.1f} s "
+                      f"(cells {execute:.1f} s; {phases})\n")
+        else:
+            log.write(f"# {row.student_id}/{row.assignment}: {row.status}\n")
+        fallback_page(out, row)
+    write_csv(out / "grades.csv", GRADE_COLUMNS, [asdict(r) for r in rows])
+    write_csv(out / "cell_grades.csv", CELL_COLUMNS, cells)
+    write_csv(out / "verdicts.csv", VERDICT_COLUMNS, [v for r in rows for v in r.verdicts])
+    write_csv(out / "timing.csv", TIMING_COLUMNS, timing)
+    plot_distribution(cells, out / "score_distribution.png")
+    return cells
+
+
 # ----------------------------------------------------------------------------- main
 
+def _specs(found, cell_timeout, notebook_cap, threads) -> tuple[list[Row], list[dict]]:
+    """Rows that need no grading (bad folder names, unknown assignments, missing notebooks) and
+    one task spec per notebook to grade."""
+    direct, specs = [], []
+    known = set(assignment_ids())
+    for sid, aid, notebook, notes in found:
+        row = Row(sid, aid, notes=list(notes))
+        if not STUDENT_ID.match(sid):
+            row.status, row.message = "error", "student folder name must be letters, digits and _.@+- only"
+        elif aid not in known:
+            row.status = "unknown_assignment"
+        elif notebook is None:
+            row.status = "missing"
+        else:
+            data = notebook.read_bytes()
+            budget = budget_s(aid)
+            specs.append({"student_id": sid, "assignment": aid, "name": notebook.name, "notebook": data,
+                          "sha256": hashlib.sha256(data).hexdigest(), "notes": list(notes),
+                          "cell_timeout": cell_timeout or 2 * budget, "cap": notebook_cap or 4 * budget + 60,
+                          "threads": threads})
+            continue
+        direct.append(row)
+    return direct, specs
+
+
 def grade(submissions: Path, out: Path, cell_timeout: int | None = None, notebook_cap: int | None = None,
-          overwrite: bool = False) -> list[Row]:
-    if out.exists() and (out / "grades.csv").exists() and not overwrite:
-        raise GradingError(f"{out} already holds grades.csv; choose a new OUT folder (or pass --overwrite)")
+          overwrite: bool = False, workers: int | None = None, scheduler: str | None = None,
+          resume: bool = False) -> list[Row]:
+    state = out / STATE
+    if resume and not (state / "manifest.json").exists():
+        finished = " (it holds a finished run)" if (out / "grades.csv").exists() else ""
+        raise GradingError(f"--resume: {out} holds no interrupted run to finish{finished}")
+    if not resume and not overwrite:
+        if (out / "grades.csv").exists():
+            raise GradingError(f"{out} already holds grades.csv; choose a new OUT folder (or pass --overwrite)")
+        if state.exists():
+            raise GradingError(f"{out} holds an unfinished grading run: add --resume to finish it "
+                               "(only what is missing is graded), or choose a new OUT folder")
+    if overwrite and not resume:
+        shutil.rmtree(state, ignore_errors=True)
+    workers = workers or os.cpu_count() or 1
+    threads = None if scheduler else max(1, (os.cpu_count() or 1) // workers)
+    options = {"cell_timeout": cell_timeout, "notebook_cap": notebook_cap, "course": course_fingerprint()}
     out.mkdir(parents=True, exist_ok=True)
-    log = (out / "grading.log").open("w", encoding="utf-8")
+    log = (out / "grading.log").open("a" if resume else "w", encoding="utf-8")
     with tempfile.TemporaryDirectory(prefix="deepdive-grade-") as tmp:
-        work = Path(tmp) / "course"
-        work.mkdir()
         root = stage_input(submissions, Path(tmp) / "input")
         found = discover(root)
         if not found:
             raise GradingError(f"no <student_id>/<assignment_id>/ folders found in {submissions}")
-        releases, tests = prepare_course(work, log)
-        rows = []
-        bar = tqdm(found, desc="grading", unit="notebook", file=sys.stderr)
-        for sid, aid, notebook, notes in bar:
-            bar.set_postfix_str(f"{sid}/{aid}")
-            row = Row(sid, aid, notes=list(notes))
-            t0 = time.perf_counter()
-            if not STUDENT_ID.match(sid):
-                row.status, row.message = "error", "student folder name must be letters, digits and _.@+- only"
-            elif aid not in releases:
-                row.status = "unknown_assignment"
-            elif notebook is None:
-                row.status = "missing"
-            else:
-                budget = budget_s(aid)
-                try:
-                    row = grade_one(row, notebook, work, releases[aid], tests[aid], cell_timeout or 2 * budget,
-                                    notebook_cap or 4 * budget + 60, log)
-                except Exception as exc:  # one broken submission must never stop the batch
-                    log.write(traceback.format_exc())
-                    row.status, row.message = "error", f"could not grade: {type(exc).__name__}: {exc}"[:300]
-            log.write(f"# {sid}/{aid}: {row.status} in {time.perf_counter() - t0:.1f} s "
-                      f"(trusted verdicts {row.judge_s:.2f} s)\n")
-            rows.append(row)
-        cells = read_scores(work / "gradebook.db", rows)
-        for row in rows:
-            row.message = "; ".join(filter(None, [*row.notes, row.message])).replace("\n", " ")
-        write_feedback(work, out, rows, log)
-        if (work / "autograded").exists():
-            shutil.copytree(work / "autograded", out / "autograded", dirs_exist_ok=True)
-            for path in (out / "autograded").rglob("*"):  # nbgrader leaves them read-only
-                path.chmod(0o755 if path.is_dir() else 0o644)
-        shutil.copy(work / "gradebook.db", out / "gradebook.db")
+        direct, specs = _specs(found, cell_timeout, notebook_cap, threads)
+        if resume:
+            manifest = json.loads((state / "manifest.json").read_text())
+            if manifest["options"] != options:
+                raise GradingError(f"--resume needs the options and course version of the interrupted run "
+                                   f"({manifest['options']}; now {options}): grade into a new OUT instead")
+            template = (state / "template.tar").read_bytes()
+        else:
+            state.mkdir(parents=True)
+            template = build_template(log)
+            (state / "template.tar").write_bytes(template)
+            (state / "manifest.json").write_text(json.dumps({"options": options}, indent=1))
+        kept = {(s["student_id"], s["assignment"]) for s in specs
+                if (read_part(state, s["student_id"], s["assignment"]) or {}).get("sha256") == s["sha256"]}
+        todo = [s for s in specs if (s["student_id"], s["assignment"]) not in kept]
+        if resume:
+            print(f"resuming: {len(kept)} of {len(specs)} notebook(s) already graded in {out}", file=sys.stderr)
+        if todo:
+            run_tasks(todo, template, state, workers, scheduler, done=len(kept), total=len(specs))
+    results, graded = {}, {}
+    for spec in specs:
+        result = read_part(state, spec["student_id"], spec["assignment"])
+        result["db_bytes"] = (_part_dir(state, spec["student_id"], spec["assignment"]) / "gradebook.db").stat().st_size
+        row = Row(**{**result["row"], "notes": result["row"]["notes"]})
+        results[row.student_id, row.assignment] = result
+        graded[row.student_id, row.assignment] = row
+    rows = [graded.get((sid, aid)) or next(r for r in direct if (r.student_id, r.assignment) == (sid, aid))
+            for sid, aid, _, _ in found]
+    merge(out, state, rows, results, log)
     log.close()
-    write_csv(out / "grades.csv", GRADE_COLUMNS, [asdict(r) for r in rows])
-    write_csv(out / "cell_grades.csv", CELL_COLUMNS, cells)
-    write_csv(out / "verdicts.csv", VERDICT_COLUMNS, [asdict(v) for r in rows for v in r.verdicts])
-    plot_distribution(cells, out / "score_distribution.png")
+    shutil.rmtree(state)
     return rows
 
 
@@ -376,14 +484,29 @@ def main(argv=None) -> int:
                         help="seconds one cell may run before it is interrupted (default: 2x the module's budget)")
     parser.add_argument("--notebook-timeout", type=int, default=None,
                         help="wall-clock cap in seconds for one notebook (default: 4x the module's budget + 60)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="notebooks graded at once on this machine (default: its cores); each kernel's torch "
+                             "gets cores / workers threads")
+    parser.add_argument("--scheduler", default=None,
+                        help="address of a Dask scheduler (tcp://host:8786): grade on that cluster's workers, "
+                             "which need this course installed (README, 'Grading on a cluster')")
+    parser.add_argument("--resume", action="store_true",
+                        help="finish an interrupted run into the same OUT: grade only what is missing")
     parser.add_argument("--overwrite", action="store_true", help="allow writing into an OUT that already has grades")
     args = parser.parse_args(argv)
+    if args.workers is not None and args.workers < 1:
+        parser.error("--workers must be at least 1")
     t0 = time.perf_counter()
     try:
-        rows = grade(args.submissions, args.out, args.cell_timeout, args.notebook_timeout, args.overwrite)
+        rows = grade(args.submissions, args.out, args.cell_timeout, args.notebook_timeout, args.overwrite,
+                     args.workers, args.scheduler, args.resume)
     except GradingError as exc:
         print(f"grading failed: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: every notebook graded so far is kept in {args.out / STATE}; run the same command "
+              "with --resume to grade only the rest", file=sys.stderr)
+        return 130
     elapsed = time.perf_counter() - t0
     by_status: dict[str, int] = {}
     for r in rows:

@@ -1,5 +1,10 @@
 """nbgrader preprocessors the course adds to autograding (see grader/nbgrader_config.py)."""
 
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+
 from nbgrader.preprocessors import NbGraderPreprocessor
 from traitlets import Integer
 
@@ -58,3 +63,28 @@ def _size(output) -> int:
     if output.output_type == "error":
         return sum(len(line) for line in output.traceback)
     return sum(len(str(v)) for v in output.get("data", {}).values())
+
+
+class RecordTiming(NbGraderPreprocessor):
+    """Write how long the notebook's cells ran (seconds from the first cell's start to the last
+    cell's reply, from nbclient's timing metadata) to $DEEPDIVE_TIMING_FILE, before
+    ClearMetadataPreprocessor drops that metadata. grader.grade reports it next to the whole
+    notebook's wall time: the difference is what the grading machinery costs (timing.csv), and
+    the reference's execution time is its module's time-budget test."""
+
+    def preprocess(self, nb, resources):
+        path = os.environ.get("DEEPDIVE_TIMING_FILE")
+        if path:
+            starts, ends = [], []
+            for cell in nb.cells:
+                stamps = cell.get("metadata", {}).get("execution", {})
+                if "iopub.status.busy" in stamps and "shell.execute_reply" in stamps:
+                    starts.append(_utc(stamps["iopub.status.busy"]))
+                    ends.append(_utc(stamps["shell.execute_reply"]))
+            seconds = (max(ends) - min(starts)).total_seconds() if starts else 0.0
+            Path(path).write_text(json.dumps({"execute_s": round(seconds, 3), "cells": len(starts)}))
+        return nb, resources
+
+
+def _utc(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))

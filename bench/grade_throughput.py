@@ -1,0 +1,76 @@
+"""Grading throughput: the same batch of module-02 submissions graded with 1 and with 2 workers.
+
+    PYTHONPATH=. .venv/bin/python bench/grade_throughput.py [--copies 2] [--workers 1 2]
+
+The batch is tests/hostile.py's: the honest reference, one wrong function and that wrong function
+with each trick (import hook, patched comparisons, lying Tensor subclass, swallowed exceptions,
+all four), `--copies` times under different student ids. For each worker count it prints the
+run's wall time, notebooks per minute, the speed-up over the first count, and from timing.csv
+the median per notebook of: the grading wall time, the seconds the notebook's own cells ran,
+and the difference (the machinery: kernel start, nbgrader, trusted verdicts, feedback page).
+It also checks that every run gave the same grades.
+"""
+
+import argparse
+import csv
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import nbformat
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from hostile import hostile_submissions  # noqa: E402
+
+AID = "02_attention"
+
+
+def rows(path: Path) -> list[dict]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--copies", type=int, default=2, help="copies of the hostile batch (7 notebooks each)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    args = parser.parse_args(argv)
+    with tempfile.TemporaryDirectory(prefix="throughput-") as tmp:
+        subs = Path(tmp) / "submitted"
+        for copy in range(args.copies):
+            for student, nb in hostile_submissions(AID).items():
+                (subs / f"{student}_{copy}" / AID).mkdir(parents=True)
+                nbformat.write(nb, subs / f"{student}_{copy}" / AID / f"{AID}.ipynb")
+        n = len(list(subs.glob("*/*/*.ipynb")))
+        print(f"{n} module-02 notebooks; machine: {subprocess.check_output(['nproc']).decode().strip()} cores")
+        print(f"{'workers':>7} {'wall s':>8} {'nb/min':>7} {'speed-up':>8} {'per nb s':>9} {'cells s':>8} {'overhead s':>10}")
+        first, grades = None, None
+        for workers in args.workers:
+            out = Path(tmp) / f"out-{workers}"
+            t0 = time.perf_counter()
+            result = subprocess.run([sys.executable, "-m", "grader.grade", str(subs), str(out), "--workers",
+                                     str(workers)], cwd=ROOT, capture_output=True, text=True)
+            wall = time.perf_counter() - t0
+            if result.returncode != 0:
+                print(result.stdout, result.stderr, sep="\n")
+                return result.returncode
+            timing = rows(out / "timing.csv")
+            first = first or wall
+            med = {k: statistics.median(float(r[k]) for r in timing) for k in ("wall_s", "execute_s", "overhead_s")}
+            print(f"{workers:>7} {wall:>8.1f} {60 * n / wall:>7.1f} {first / wall:>7.2f}x {med['wall_s']:>9.2f} "
+                  f"{med['execute_s']:>8.2f} {med['overhead_s']:>10.2f}")
+            now = [(r["student_id"], r["score"], r["status"]) for r in rows(out / "grades.csv")]
+            if grades is not None and now != grades:
+                print("the grades differ between worker counts:", now, grades)
+                return 1
+            grades = now
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

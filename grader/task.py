@@ -1,0 +1,230 @@
+"""Grading one notebook: the unit of work that `grader.grade` hands to a worker.
+
+A task is plain data in, plain data out, so that any worker can run it: a local worker process
+or a Dask worker on another machine with the course environment installed. It gets the
+submission's bytes and the run's *template* (a tar of a private nbgrader course: the instructor
+notebooks, the releases and a gradebook, made once per run by the dispatcher), grades the
+notebook in its own copy of that course (one submission cannot disturb another, and each
+gradebook has one writer), and returns the row, the trusted verdicts, the executed notebook and
+feedback page, its gradebook and its log. `grader.grade` writes that as a *part* and merges the
+parts into one set of outputs.
+"""
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+
+from grader.assignments import ROOT
+from grader.hidden import hidden_tests
+from grader.nbgrader_cli import nbgrader_env
+from grader.submission import UnreadableNotebook, read_notebook, repair
+from grader.trusted import RECORD_DIR_ENV
+
+TIMING_ENV = "DEEPDIVE_TIMING_FILE"
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+@dataclass
+class Row:
+    student_id: str
+    assignment: str
+    score: float = 0.0
+    max_score: float | str = ""
+    status: str = "graded"
+    message: str = ""
+    notes: list = field(default_factory=list, repr=False)
+    verdicts: list = field(default_factory=list, repr=False)
+    judge_s: float = field(default=0.0, repr=False)  # seconds spent judging the records
+
+
+def course_fingerprint() -> str:
+    """A digest of the code that grades (grader/, deepdive/): a worker must run the same course
+    version as the dispatcher, or its verdicts are not the course's."""
+    h = hashlib.sha256()
+    for folder in ("grader", "deepdive"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            h.update(str(path.relative_to(ROOT)).encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------- per worker process
+
+_local = threading.local()  # one nbgrader server per worker thread
+_templates: dict = {}  # digest -> (folder, releases, hidden tests), unpacked once per process
+_lock = threading.Lock()
+_FINGERPRINT = None
+
+
+def _server():
+    from grader.nbgrader_server import NbgraderServer
+
+    if getattr(_local, "server", None) is None or _local.server.proc.poll() is not None:
+        _local.server = NbgraderServer(nbgrader_env())
+    return _local.server
+
+
+def _template(blob: bytes):
+    digest = hashlib.sha256(blob).hexdigest()
+    with _lock:
+        if digest not in _templates:
+            folder = Path(tempfile.mkdtemp(prefix="deepdive-template-"))
+            with tarfile.open(fileobj=io.BytesIO(blob)) as tf:
+                tf.extractall(folder, filter="data")
+            aids = sorted(p.name for p in (folder / "course").iterdir() if p.is_dir())
+            releases = {aid: nbformat.read(folder / "course" / aid / f"{aid}.ipynb", as_version=4) for aid in aids}
+            tests = {aid: hidden_tests(aid, folder / "solutions" / aid / f"{aid}.ipynb") for aid in aids}
+            _templates[digest] = (folder, releases, tests)
+        return _templates[digest]
+
+
+def _threads(spec: dict) -> int:
+    if spec.get("threads"):
+        return int(spec["threads"])
+    try:  # on a Dask cluster: the machine's cores shared among the worker's task threads
+        from distributed import get_worker
+
+        worker = get_worker()
+        return max(1, (os.cpu_count() or 1) // getattr(getattr(worker, "state", worker), "nthreads", 1))
+    except (ImportError, ValueError):
+        return 1
+
+
+# ----------------------------------------------------------------------------- one notebook
+
+def _failure_summary(autograded: Path) -> str:
+    """'x_hidden: AssertionError: ...; y_visible: CellTimeoutError' from the executed notebook."""
+    nb = nbformat.read(autograded, as_version=4)
+    failed = []
+    for cell in nb.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if cell.cell_type != "code" or not meta.get("grade"):
+            continue
+        errors = [o for o in cell.outputs if o.output_type == "error"]
+        if errors:
+            err = errors[0]
+            text = f"{err.ename}: {err.evalue}".strip().rstrip(":")
+            failed.append(f"{meta['grade_id']}: {text.splitlines()[0][:160] if text else err.ename}")
+    return "failed " + "; ".join(failed) if failed else ""
+
+
+def grade_one(row: Row, notebook: Path, work: Path, release, tests, cell_timeout: int, cap: int,
+              threads: int, server, log_path: Path, phases: dict) -> tuple[Row, float]:
+    """Autograde one notebook in the course `work`; (row, seconds its cells ran)."""
+    from grader.scoring import score_submission
+
+    try:
+        nb = read_notebook(notebook)
+    except UnreadableNotebook as exc:
+        row.status, row.message = "unreadable", str(exc)
+        return row, 0.0
+    row.notes += repair(nb, release)
+    dest = work / "submitted" / row.student_id / row.assignment
+    dest.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, dest / f"{row.assignment}.ipynb")
+    records = work.parent / "records"  # where the checks leave results, outside the course
+    records.mkdir()
+    timing = work.parent / "timing.json"
+    env = {RECORD_DIR_ENV: str(records), TIMING_ENV: str(timing), **{v: str(threads) for v in THREAD_VARS}}
+    run = dict(assignment=row.assignment, student=row.student_id, root=work, db=work / "gradebook.db",
+               log=log_path, env=env)
+    start = log_path.stat().st_size if log_path.exists() else 0
+    t0 = time.perf_counter()
+    try:
+        server.run("autograde", config={"Execute.timeout": cell_timeout}, timeout=cap, **run)
+        phases["autograde"] = time.perf_counter() - t0
+    except subprocess.TimeoutExpired:
+        row.status = "timeout"
+        row.message = (f"grading stopped after {cap} s, the wall-clock cap per notebook; nothing was scored. "
+                       "Make sure Kernel > Restart & Run All finishes quickly with the default settings")
+        return row, 0.0
+    with log_path.open(encoding="utf-8", errors="replace") as f:
+        f.seek(start)
+        output = f.read()
+    execute_s = json.loads(timing.read_text())["execute_s"] if timing.exists() else 0.0
+    out = work / "autograded" / row.student_id / row.assignment / f"{row.assignment}.ipynb"
+    if "Kernel died" in output or "DeadKernelError" in output:
+        row.status = "kernel_died"
+        row.message = ("the Python kernel died while the notebook ran (exit(), os._exit(), a crash or running out "
+                       "of memory), so no test could be scored. Kernel > Restart & Run All reproduces it")
+        return row, execute_s
+    if not out.exists() and "CellTimeoutError" in output:
+        row.status = "timeout"
+        row.message = (f"a cell ran past the per-cell limit of {cell_timeout} s and did not stop when interrupted, "
+                       "so the notebook could not finish and nothing was scored")
+        return row, execute_s
+    if not out.exists():
+        tail = [ln for ln in output.splitlines() if "ERROR" in ln][-3:]
+        row.status, row.message = "error", "nbgrader could not grade this notebook: " + " | ".join(tail)[:400]
+        return row, execute_s
+    t0 = time.perf_counter()
+    row.verdicts, disagreements = score_submission(row.student_id, row.assignment, out, tests, records,
+                                                   work / "gradebook.db")
+    row.judge_s = time.perf_counter() - t0
+    row.notes += disagreements
+    row.message = _failure_summary(out)
+    if "Timeout waiting for execute reply" in output or "CellTimeoutError" in row.message:
+        row.notes.append(f"a cell ran past the per-cell limit of {cell_timeout} s and was interrupted")
+    phases["judge"] = row.judge_s
+    t0 = time.perf_counter()
+    server.run("generate_feedback", timeout=cap, **run)
+    phases["feedback"] = time.perf_counter() - t0
+    return row, execute_s
+
+
+def grade_task(spec: dict, template: bytes) -> dict:
+    """Grade spec's notebook (spec: student_id, assignment, name, notebook bytes, notes,
+    cell_timeout, cap, threads) in a private copy of the template course. Never raises for a bad
+    submission: the row says what happened."""
+    global _FINGERPRINT
+    t0 = time.perf_counter()
+    if _FINGERPRINT is None:
+        _FINGERPRINT = course_fingerprint()
+    sid, aid = spec["student_id"], spec["assignment"]
+    row = Row(sid, aid, notes=list(spec["notes"]))
+    files: dict[str, bytes] = {}
+    execute_s, db, phases = 0.0, b"", {}
+    with tempfile.TemporaryDirectory(prefix="deepdive-task-") as tmp:
+        log_path = Path(tmp) / "nbgrader.log"
+        try:
+            folder, releases, tests = _template(template)
+            threads = _threads(spec)
+            import torch
+
+            torch.set_num_threads(threads)  # the judge in this process, beside other workers
+            work = Path(tmp) / "course"
+            shutil.copytree(folder, work)
+            notebook = Path(tmp) / "input" / spec["name"]
+            notebook.parent.mkdir()
+            notebook.write_bytes(spec["notebook"])
+            server = _server()
+            phases["setup"] = time.perf_counter() - t0
+            row, execute_s = grade_one(row, notebook, work, releases[aid], tests[aid], spec["cell_timeout"],
+                                       spec["cap"], threads, server, log_path, phases)
+            for kind in ("autograded", "feedback"):
+                base = work / kind / sid / aid
+                for path in sorted(base.rglob("*")) if base.is_dir() else []:
+                    if path.is_file() and path.name != "timestamp.txt":  # nbgrader's time of grading
+                        files[f"{kind}/{sid}/{aid}/{path.relative_to(base)}"] = path.read_bytes()
+            db = (work / "gradebook.db").read_bytes()
+        except Exception as exc:  # the machinery failed on this notebook: its row says so, the batch goes on
+            row.status, row.message = "error", f"could not grade: {type(exc).__name__}: {exc}"[:300]
+            with log_path.open("a") as f:
+                f.write(traceback.format_exc())
+        log = log_path.read_text(encoding="utf-8", errors="replace") if log_path.exists() else ""
+    row.verdicts = [dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for v in row.verdicts]
+    return {"row": dataclasses.asdict(row), "files": files, "db": db, "log": log, "sha256": spec["sha256"],
+            "execute_s": execute_s, "phases": {k: round(v, 3) for k, v in phases.items()}, "wall_s": round(time.perf_counter() - t0, 3), "fingerprint": _FINGERPRINT}
