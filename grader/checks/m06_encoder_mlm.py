@@ -66,8 +66,11 @@ def _library_mask(batch: torch.Tensor, seed: int, tokenizer=None):
     tokenizer by default) on `batch` (B, T): (inputs, labels)."""
     from transformers import DataCollatorForLanguageModeling
 
-    collator = DataCollatorForLanguageModeling(tokenizer or _tokenizer(), mlm=True, mlm_probability=0.15, seed=seed,
+    collator = DataCollatorForLanguageModeling(tokenizer or _tokenizer(), mlm=True, mlm_probability=0.15,
                                                return_tensors="pt")
+    # The generator `seed=seed` would give, set here: the collator refuses `seed` outside the main process
+    # (it assumes a DataLoader worker), and the judge may run in a grading worker process.
+    collator.generator = collator.get_generator(seed)
     out = collator([row for row in batch])
     return out["input_ids"], out["labels"]
 
