@@ -268,7 +268,8 @@ def write_part(state: Path, result: dict) -> None:
         (tmp / "files" / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp / "files" / rel).write_bytes(data)
     tmp.mkdir(parents=True, exist_ok=True)
-    (tmp / "gradebook.db").write_bytes(result["db"])
+    if result["db"]:  # none when the machinery failed before nbgrader ran
+        (tmp / "gradebook.db").write_bytes(result["db"])
     (tmp / "nbgrader.log").write_text(result["log"], encoding="utf-8")
     meta = {k: v for k, v in result.items() if k not in ("files", "db", "log")}
     (tmp / "result.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
@@ -303,11 +304,10 @@ def dask_client(workers: int, scheduler: str | None):
 
 
 def run_tasks(specs: list[dict], template: bytes, state: Path, workers: int, scheduler: str | None,
-              done: int, total: int) -> None:
+              fingerprint: str, done: int, total: int) -> None:
     """Grade every spec on the workers; each result is written as a part the moment it arrives."""
     from distributed import as_completed
 
-    fingerprint = course_fingerprint()
     bar = tqdm(total=total, initial=done, desc="grading", unit="notebook", file=sys.stderr)
     with dask_client(workers, scheduler) as client:
         shared = client.scatter(template, broadcast=True)
@@ -359,8 +359,8 @@ def merge(out: Path, state: Path, rows: list[Row], results: dict, log) -> list[d
     with tempfile.TemporaryDirectory(prefix="deepdive-merge-") as tmp:
         with tarfile.open(state / "template.tar") as tf:
             tf.extract("gradebook.db", tmp, filter="data")
-        parts = [_part_dir(state, r.student_id, r.assignment) / "gradebook.db" for r in rows
-                 if (r.student_id, r.assignment) in results and results[r.student_id, r.assignment]["db_bytes"]]
+        parts = [db for r in rows if (r.student_id, r.assignment) in results
+                 if (db := _part_dir(state, r.student_id, r.assignment) / "gradebook.db").exists()]
         merge_gradebooks(Path(tmp) / "gradebook.db", parts, out / "gradebook.db")
     cells = read_scores(out / "gradebook.db", rows)
     timing = []
@@ -460,16 +460,11 @@ def grade(submissions: Path, out: Path, cell_timeout: int | None = None, noteboo
         if resume:
             print(f"resuming: {len(kept)} of {len(specs)} notebook(s) already graded in {out}", file=sys.stderr)
         if todo:
-            run_tasks(todo, template, state, workers, scheduler, done=len(kept), total=len(specs))
-    results, graded = {}, {}
-    for spec in specs:
-        result = read_part(state, spec["student_id"], spec["assignment"])
-        result["db_bytes"] = (_part_dir(state, spec["student_id"], spec["assignment"]) / "gradebook.db").stat().st_size
-        row = Row(**{**result["row"], "notes": result["row"]["notes"]})
-        results[row.student_id, row.assignment] = result
-        graded[row.student_id, row.assignment] = row
-    rows = [graded.get((sid, aid)) or next(r for r in direct if (r.student_id, r.assignment) == (sid, aid))
-            for sid, aid, _, _ in found]
+            run_tasks(todo, template, state, workers, scheduler, options["course"], done=len(kept), total=len(specs))
+    results = {(s["student_id"], s["assignment"]): read_part(state, s["student_id"], s["assignment"]) for s in specs}
+    by_key = {(r.student_id, r.assignment): r for r in direct}
+    by_key.update({key: Row(**result["row"]) for key, result in results.items()})
+    rows = [by_key[sid, aid] for sid, aid, _, _ in found]
     merge(out, state, rows, results, log)
     log.close()
     shutil.rmtree(state)
