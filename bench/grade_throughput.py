@@ -8,6 +8,12 @@ all four), `--copies` times under different student ids. For each worker count i
 run's wall time, notebooks per minute, the speed-up over the first count, and from timing.csv
 the median per notebook of: the grading wall time, the seconds the notebook's own cells ran,
 and the difference (the machinery: kernel start, nbgrader, trusted verdicts, feedback page).
+Two more columns split the run: "busy s", the notebooks' grading seconds summed and divided by
+the worker count (the run's length if workers never waited and nothing else ran), and "outside
+s", the rest (starting the workers, building the run's course, the last notebooks finishing one
+by one, merging). "per-nb x" is the speed-up the notebooks alone allow: the first count's summed
+seconds over this count's busy seconds; it is below the worker count when a notebook's own
+cells run faster with more threads (a lone worker's kernel gets all the cores).
 It also checks that every run gave the same grades.
 """
 
@@ -48,8 +54,9 @@ def main(argv=None) -> int:
                 nbformat.write(nb, subs / f"{student}_{copy}" / AID / f"{AID}.ipynb")
         n = len(list(subs.glob("*/*/*.ipynb")))
         print(f"{n} module-02 notebooks; machine: {subprocess.check_output(['nproc']).decode().strip()} cores")
-        print(f"{'workers':>7} {'wall s':>8} {'nb/min':>7} {'speed-up':>8} {'per nb s':>9} {'cells s':>8} {'overhead s':>10}")
-        first, grades = None, None
+        print(f"{'workers':>7} {'wall s':>8} {'nb/min':>7} {'speed-up':>8} {'per nb s':>9} {'cells s':>8} "
+              f"{'overhead s':>10} {'busy s':>7} {'outside s':>9} {'per-nb x':>8}")
+        first, first_busy, grades = None, None, None
         for workers in args.workers:
             out = Path(tmp) / f"out-{workers}"
             t0 = time.perf_counter()
@@ -62,8 +69,11 @@ def main(argv=None) -> int:
             timing = rows(out / "timing.csv")
             first = first or wall
             med = {k: statistics.median(float(r[k]) for r in timing) for k in ("wall_s", "execute_s", "overhead_s")}
+            busy = sum(float(r["wall_s"]) for r in timing) / workers
+            first_busy = first_busy or busy
             print(f"{workers:>7} {wall:>8.1f} {60 * n / wall:>7.1f} {first / wall:>7.2f}x {med['wall_s']:>9.2f} "
-                  f"{med['execute_s']:>8.2f} {med['overhead_s']:>10.2f}")
+                  f"{med['execute_s']:>8.2f} {med['overhead_s']:>10.2f} {busy:>7.1f} {wall - busy:>9.1f} "
+                  f"{first_busy / busy:>7.2f}x")
             now = [(r["student_id"], r["score"], r["status"]) for r in rows(out / "grades.csv")]
             if grades is not None and now != grades:
                 print("the grades differ between worker counts:", now, grades)

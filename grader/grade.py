@@ -53,7 +53,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from grader.assignments import SOLUTIONS, assignment_ids, budget_s
-from grader.task import Row, course_fingerprint, grade_task
+from grader.task import Row, course_fingerprint, grade_task, usable_cores, warm_worker
 
 STUDENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]*$")
 GRADE_COLUMNS = ["student_id", "assignment", "score", "max_score", "status", "message"]
@@ -136,10 +136,11 @@ def discover(root: Path) -> list[tuple[str, str, Path | None, list[str]]]:
 
 # ----------------------------------------------------------------------------- the run's template course
 
-def build_template(log) -> bytes:
-    """A private nbgrader course for this run, as a tar: the instructor notebooks, every module's
-    release and a gradebook that knows every assignment. Each task grades in its own copy, so the
-    gradebook rows of every part refer to the same assignments and cells and merge into one."""
+def build_template(log, assignments: list[str]) -> bytes:
+    """A private nbgrader course for this run, as a tar: the instructor notebooks, the release of
+    every module the batch names and a gradebook that knows those assignments. Each task grades in
+    its own copy, so the gradebook rows of every part refer to the same assignments and cells and
+    merge into one."""
     from grader.nbgrader_cli import nbgrader_env
     from grader.nbgrader_server import NbgraderServer
 
@@ -148,7 +149,7 @@ def build_template(log) -> bytes:
         shutil.copytree(SOLUTIONS, work / "solutions", ignore=shutil.ignore_patterns("__pycache__", ".ipynb_checkpoints"))
         server = NbgraderServer(nbgrader_env())
         try:
-            for aid in assignment_ids():
+            for aid in assignments:
                 rc = server.run("generate_assignment", aid, "", root=work, db=work / "gradebook.db",
                                 log=work / "generate.log", timeout=600)
                 if rc != 0 or not (work / "course" / aid / f"{aid}.ipynb").exists():
@@ -303,31 +304,37 @@ def dask_client(workers: int, scheduler: str | None):
         yield client
 
 
-def run_tasks(specs: list[dict], template: bytes, state: Path, workers: int, scheduler: str | None,
-              fingerprint: str, done: int, total: int) -> None:
+def warm_workers(client, assignments: list[str], threads: int | None) -> list:
+    """One warm-up task per worker (grader.task.warm_worker), ahead of every notebook. The dispatcher
+    does not wait for them, but must hold the futures: Dask forgets a task nobody holds."""
+    return [client.submit(warm_worker, assignments, threads, workers=[address], allow_other_workers=False,
+                          pure=False, key=f"warm-up-{address}") for address in client.scheduler_info()["workers"]]
+
+
+def run_tasks(client, specs: list[dict], template: bytes, state: Path, fingerprint: str, done: int,
+              total: int) -> None:
     """Grade every spec on the workers; each result is written as a part the moment it arrives."""
     from distributed import as_completed
 
     bar = tqdm(total=total, initial=done, desc="grading", unit="notebook", file=sys.stderr)
-    with dask_client(workers, scheduler) as client:
-        shared = client.scatter(template, broadcast=True)
-        futures = {client.submit(grade_task, spec, shared, key=f"grade-{spec['student_id']}-{spec['assignment']}-"
-                                 f"{spec['sha256'][:12]}", pure=False): spec for spec in specs}
-        for future in as_completed(futures):
-            spec = futures[future]
-            try:
-                result = future.result()
-            except Exception as exc:  # e.g. the worker died (out of memory) on this notebook several times
-                row = Row(spec["student_id"], spec["assignment"], notes=list(spec["notes"]), status="error",
-                          message=f"the grading worker failed on this notebook: {type(exc).__name__}: {exc}"[:300])
-                result = {"row": asdict(row), "files": {}, "db": b"", "log": traceback.format_exc(),
-                          "sha256": spec["sha256"], "execute_s": 0.0, "phases": {}, "wall_s": 0.0, "fingerprint": fingerprint}
-            if result["fingerprint"] != fingerprint:
-                raise GradingError(f"a worker runs another version of the course (code {result['fingerprint']}, "
-                                   f"here {fingerprint}): install this repository's version on every worker")
-            write_part(state, result)
-            bar.update(1)
-            bar.set_postfix_str(f"{spec['student_id']}/{spec['assignment']}")
+    shared = client.scatter(template, broadcast=True)
+    futures = {client.submit(grade_task, spec, shared, key=f"grade-{spec['student_id']}-{spec['assignment']}-"
+                             f"{spec['sha256'][:12]}", pure=False): spec for spec in specs}
+    for future in as_completed(futures):
+        spec = futures[future]
+        try:
+            result = future.result()
+        except Exception as exc:  # e.g. the worker died (out of memory) on this notebook several times
+            row = Row(spec["student_id"], spec["assignment"], notes=list(spec["notes"]), status="error",
+                      message=f"the grading worker failed on this notebook: {type(exc).__name__}: {exc}"[:300])
+            result = {"row": asdict(row), "files": {}, "db": b"", "log": traceback.format_exc(),
+                      "sha256": spec["sha256"], "execute_s": 0.0, "phases": {}, "wall_s": 0.0, "fingerprint": fingerprint}
+        if result["fingerprint"] != fingerprint:
+            raise GradingError(f"a worker runs another version of the course (code {result['fingerprint']}, "
+                               f"here {fingerprint}): install this repository's version on every worker")
+        write_part(state, result)
+        bar.update(1)
+        bar.set_postfix_str(f"{spec['student_id']}/{spec['assignment']}")
     bar.close()
 
 
@@ -432,8 +439,8 @@ def grade(submissions: Path, out: Path, cell_timeout: int | None = None, noteboo
                                "(only what is missing is graded), or choose a new OUT folder")
     if overwrite and not resume:
         shutil.rmtree(state, ignore_errors=True)
-    workers = workers or os.cpu_count() or 1
-    threads = None if scheduler else max(1, (os.cpu_count() or 1) // workers)
+    workers = workers or usable_cores()
+    threads = None if scheduler else max(1, usable_cores() // workers)
     options = {"cell_timeout": cell_timeout, "notebook_cap": notebook_cap, "course": course_fingerprint()}
     out.mkdir(parents=True, exist_ok=True)
     log = (out / "grading.log").open("a" if resume else "w", encoding="utf-8")
@@ -448,19 +455,25 @@ def grade(submissions: Path, out: Path, cell_timeout: int | None = None, noteboo
             if manifest["options"] != options:
                 raise GradingError(f"--resume needs the options and course version of the interrupted run "
                                    f"({manifest['options']}; now {options}): grade into a new OUT instead")
-            template = (state / "template.tar").read_bytes()
-        else:
-            state.mkdir(parents=True)
-            template = build_template(log)
-            (state / "template.tar").write_bytes(template)
-            (state / "manifest.json").write_text(json.dumps({"options": options}, indent=1))
         kept = {(s["student_id"], s["assignment"]) for s in specs
                 if (read_part(state, s["student_id"], s["assignment"]) or {}).get("sha256") == s["sha256"]}
         todo = [s for s in specs if (s["student_id"], s["assignment"]) not in kept]
         if resume:
             print(f"resuming: {len(kept)} of {len(specs)} notebook(s) already graded in {out}", file=sys.stderr)
-        if todo:
-            run_tasks(todo, template, state, workers, scheduler, options["course"], done=len(kept), total=len(specs))
+        # The workers start, and load torch, the checks and nbgrader, while the template is built.
+        with dask_client(workers, scheduler) if todo else contextlib.nullcontext() as client:
+            warming = warm_workers(client, sorted({s["assignment"] for s in todo}), threads) if todo else []
+            if resume:
+                template = (state / "template.tar").read_bytes()
+            else:
+                state.mkdir(parents=True)
+                known = set(assignment_ids())
+                template = build_template(log, sorted({aid for _, aid, _, _ in found if aid in known}))
+                (state / "template.tar").write_bytes(template)
+                (state / "manifest.json").write_text(json.dumps({"options": options}, indent=1))
+            if todo:
+                run_tasks(client, todo, template, state, options["course"], done=len(kept), total=len(specs))
+            del warming
     results = {(s["student_id"], s["assignment"]): read_part(state, s["student_id"], s["assignment"]) for s in specs}
     by_key = {(r.student_id, r.assignment): r for r in direct}
     by_key.update({key: Row(**result["row"]) for key, result in results.items()})

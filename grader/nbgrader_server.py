@@ -81,15 +81,89 @@ def _watch_parent(children: dict) -> None:
     os._exit(1)
 
 
+def _warm_feedback() -> None:
+    """Render one small feedback page here, in the server, with nbgrader's own feedback exporter.
+    Every child forked after this inherits what the first page costs: the compiled regular
+    expressions of the markdown renderer, pygments' Python lexer, the HTML parser and the CSS
+    selectors that nbconvert runs over the page, and the loaded stylesheets (measured: a feedback
+    page in a child 1.1 s cold, 0.4 s after this). Nothing is written to disk."""
+    import base64
+
+    import nbformat.v4 as nbf
+    from nbconvert.exporters import HTMLExporter
+    from nbgrader.converters.generate_feedback import GenerateFeedback
+    from nbgrader.coursedir import CourseDirectory
+    from traitlets.config import Config
+
+    png = base64.b64encode(bytes.fromhex(
+        "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+        "1f15c4890000000d49444154789c6360000002000100e221bc330000000049454e44ae426082")).decode()
+    nb = nbf.new_notebook(cells=[
+        nbf.new_markdown_cell("# Title\n\nText with `code`, *emphasis*, a [link](https://arxiv.org) and $x^2$.\n\n"
+                              "| a | b |\n|---|---|\n| 1 | 2 |\n\n- item"),
+        nbf.new_code_cell("import torch\n\ndef f(x: int) -> int:\n    return x + 1  # comment\nprint(f(1))",
+                          outputs=[nbf.new_output("stream", name="stdout", text="2\n"),
+                                   nbf.new_output("display_data", data={"image/png": png, "text/plain": "<Figure>"}),
+                                   nbf.new_output("execute_result", data={"text/html": "<b>x</b>", "text/plain": "x"},
+                                                  execution_count=1),
+                                   nbf.new_output("error", ename="AssertionError", evalue="wrong",
+                                                  traceback=["\x1b[0;31mAssertionError\x1b[0m: wrong"])],
+                          metadata={"nbgrader": {"grade": True, "grade_id": "x", "points": 1, "score": 0, "solution": False,
+                                                 "locked": True, "schema_version": 3}}),
+    ], metadata={"language_info": {"name": "python", "pygments_lexer": "ipython3"}})
+    config = Config()
+    converter = GenerateFeedback(coursedir=CourseDirectory(config=config), config=config)
+    exporter = HTMLExporter(parent=converter, config=converter.config)
+    for pp in converter.preprocessors[1:]:  # GetGrades reads a gradebook; the rest only render
+        exporter.register_preprocessor(pp)
+    exporter.from_notebook_node(nb, resources={"nbgrader": {"notebook": "warm-up", "score": 0, "max_score": 1,
+                                                            "late_penalty": 0}})
+
+
+def _alembic_head() -> str:
+    """The revision nbgrader stamps on a new gradebook. nbgrader's `get_alembic_version` asks for it by
+    running the `alembic heads` command (3 s: a new Python importing alembic and nbgrader, for every
+    new gradebook); this asks alembic's own API, in this process, for the same head of the same
+    migration scripts (tests/test_grading_parallel.py compares the two)."""
+    from alembic.config import Config as AlembicConfig
+    from alembic.script import ScriptDirectory
+    from nbgrader.dbutil import _temp_alembic_ini
+
+    with _temp_alembic_ini("sqlite:////tmp/gradebook.db") as ini:
+        return ScriptDirectory.from_config(AlembicConfig(ini)).get_current_head()
+
+
+def _warm_gradebook() -> None:
+    """Open a throw-away gradebook and query it: SQLAlchemy configures nbgrader's mappers and the
+    SQLite dialect once, here, instead of in every autograde and feedback child."""
+    import tempfile
+
+    from nbgrader.api import Gradebook
+
+    with tempfile.TemporaryDirectory(prefix="deepdive-warm-") as tmp:
+        with Gradebook(f"sqlite:///{tmp}/gradebook.db") as gb:
+            gb.add_assignment("warm-up")
+            gb.add_student("warm-up")
+            gb.assignments, gb.students  # noqa: B018
+
+
 def serve() -> None:
+    import functools
     import threading
 
     import nbconvert.exporters  # noqa: F401
+    import nbgrader.api
     import nbgrader.apps.api  # noqa: F401  (the seconds this server exists to pay once)
     import nbgrader.preprocessors  # noqa: F401
 
     import grader.preprocessors  # noqa: F401
 
+    nbgrader.api.get_alembic_version = functools.cache(_alembic_head)
+    try:
+        _warm_gradebook()
+        _warm_feedback()
+    except Exception:  # noqa: BLE001  (a warm-up only: the real pages are rendered in the children)
+        pass
     running: dict = {}
     threading.Thread(target=_watch_parent, args=(running,), daemon=True).start()
     requests, answers = sys.stdin, sys.stdout

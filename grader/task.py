@@ -28,10 +28,8 @@ from pathlib import Path
 import nbformat
 
 from grader.assignments import ROOT
-from grader.hidden import hidden_tests
 from grader.nbgrader_cli import nbgrader_env
 from grader.submission import UnreadableNotebook, read_notebook, repair
-from grader.trusted import RECORD_DIR_ENV
 
 TIMING_ENV = "DEEPDIVE_TIMING_FILE"
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -48,6 +46,15 @@ class Row:
     notes: list = field(default_factory=list, repr=False)
     verdicts: list = field(default_factory=list, repr=False)
     judge_s: float = field(default=0.0, repr=False)  # seconds spent judging the records
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (what a Slurm job, `taskset` or a
+    container allows), not every core the machine has."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def course_fingerprint() -> str:
@@ -77,7 +84,34 @@ def _server():
     return _local.server
 
 
+def warm_worker(assignments: list[str], threads: int | None = None) -> str:
+    """Load in this worker, before its first notebook, what grading the batch's modules needs:
+    torch (with this worker's share of the cores), nbgrader's gradebook, those modules' checks and
+    the nbgrader server (which warms its own renderer). The dispatcher runs this while it builds
+    the template, so the first notebook on each worker starts like every other one. Returns the
+    course fingerprint."""
+    global _FINGERPRINT
+    from grader.assignments import checks_module
+
+    if _FINGERPRINT is None:
+        _FINGERPRINT = course_fingerprint()
+    try:
+        import nbgrader.api  # noqa: F401  (the judge's gradebook: 1.3 s of imports)
+        import torch
+
+        torch.set_num_threads(_threads({"threads": threads}))
+        nbformat.validate(nbformat.v4.new_notebook())  # compiles the notebook schema's validator
+        for aid in assignments:
+            checks_module(aid)
+        _server()
+    except Exception:  # noqa: BLE001  (a warm-up only: the first task meets the same error and reports it)
+        pass
+    return _FINGERPRINT
+
+
 def _template(blob: bytes):
+    from grader.hidden import hidden_tests
+
     digest = hashlib.sha256(blob).hexdigest()
     with _lock:
         if digest not in _templates:
@@ -98,7 +132,7 @@ def _threads(spec: dict) -> int:
         from distributed import get_worker
 
         worker = get_worker()
-        return max(1, (os.cpu_count() or 1) // getattr(getattr(worker, "state", worker), "nthreads", 1))
+        return max(1, usable_cores() // getattr(getattr(worker, "state", worker), "nthreads", 1))
     except (ImportError, ValueError):
         return 1
 
@@ -124,7 +158,9 @@ def _failure_summary(autograded: Path) -> str:
 def grade_one(row: Row, notebook: Path, work: Path, release, tests, cell_timeout: int, cap: int,
               threads: int, server, log_path: Path, phases: dict) -> tuple[Row, float]:
     """Autograde one notebook in the course `work`; (row, seconds its cells ran)."""
+    # Imported here, not at the top: the dispatcher imports this module and needs no torch.
     from grader.scoring import score_submission
+    from grader.trusted import RECORD_DIR_ENV
 
     try:
         nb = read_notebook(notebook)
