@@ -157,7 +157,12 @@ def build_template(log, assignments: list[str]) -> bytes:
                     raise GradingError(f"nbgrader generate_assignment {aid} failed; see grading.log")
         finally:
             server.close()
-        log.write((work / "generate.log").read_text())
+        if not assignments:  # a batch of unknown assignments only: their rows still need a gradebook
+            from nbgrader.api import Gradebook
+
+            (work / "course").mkdir()
+            Gradebook(f"sqlite:///{work / 'gradebook.db'}").close()
+        log.write((work / "generate.log").read_text() if (work / "generate.log").exists() else "")
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tf:
             for name in ("solutions", "course", "gradebook.db"):

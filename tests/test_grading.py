@@ -131,6 +131,17 @@ def test_grading_into_an_existing_out_is_refused(reference_and_stubs):
     assert result.returncode == 2 and "already holds grades.csv" in result.stderr
 
 
+def test_a_batch_of_unknown_assignments_only_gets_its_rows(tmp_path):
+    """The run's course holds only the batch's modules; a batch naming none still gets its rows."""
+    for student, aid in [("alice", "98_no_such_module"), ("bob", "99_nor_this")]:
+        put(tmp_path / "in", student, aid, nb=nbformat.read(course_notebook(ADVERSARIAL_AID), as_version=4))
+    run_grade(tmp_path / "in", tmp_path / "out")
+    rows = read_csv(tmp_path / "out" / "grades.csv")
+    assert [(r["student_id"], r["status"]) for r in rows] == [("alice", "unknown_assignment"),
+                                                               ("bob", "unknown_assignment")]
+    assert (tmp_path / "out" / "gradebook.db").exists() and read_csv(tmp_path / "out" / "cell_grades.csv") == []
+
+
 # ----------------------------------------------------------------------------- adversarial batch
 
 def _insert_code(nb, before_gid: str, source: str):
