@@ -1,0 +1,395 @@
+"""Known bugs of module 08: the learning-rate schedule, gradient clipping, gradient accumulation, the
+mixed-precision training step and the memory count.
+
+The small functions are written out whole, each with its bug. The train_step mutants are written out too (a
+learner's step is a dozen library calls in a fixed order, and each bug is one of them missing or moved); they
+clip with torch.nn.utils.clip_grad_norm_ directly, as the hidden checks do while they judge train_step.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from grader.mutants import mutant
+
+MUTANTS: list = []
+
+
+# ------------------------------------------------------------------------------------ warmup_cosine_lr
+def _cosine(max_lr, min_lr, progress):
+    return min_lr + (max_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+@mutant("warmup_cosine_lr", "warmup off by one: (step + 1) / warmup_steps (nanoGPT-style), not transformers' "
+        "step / warmup_steps", MUTANTS)
+def lr_warmup_off_by_one(step, max_lr, warmup_steps, total_steps, min_lr=0.0):
+    if step < warmup_steps:
+        return max_lr * (step + 1) / warmup_steps
+    return _cosine(max_lr, min_lr, (step - warmup_steps) / (total_steps - warmup_steps))
+
+
+@mutant("warmup_cosine_lr", "the cosine measured from step 0 (progress = step / total_steps), not from the end of "
+        "the warmup", MUTANTS)
+def lr_cosine_from_step_0(step, max_lr, warmup_steps, total_steps, min_lr=0.0):
+    if step < warmup_steps:
+        return max_lr * step / warmup_steps
+    return _cosine(max_lr, min_lr, step / total_steps)
+
+
+@mutant("warmup_cosine_lr", "min_lr ignored: the cosine always decays to 0", MUTANTS)
+def lr_ignores_min_lr(step, max_lr, warmup_steps, total_steps, min_lr=0.0):
+    if step < warmup_steps:
+        return max_lr * step / warmup_steps
+    return _cosine(max_lr, 0.0, (step - warmup_steps) / (total_steps - warmup_steps))
+
+
+@mutant("warmup_cosine_lr", "min_lr added on top of the cosine: min_lr + max_lr * 0.5 (1 + cos) (starts at "
+        "max_lr + min_lr)", MUTANTS)
+def lr_min_lr_on_top(step, max_lr, warmup_steps, total_steps, min_lr=0.0):
+    if step < warmup_steps:
+        return max_lr * step / warmup_steps
+    progress = min((step - warmup_steps) / (total_steps - warmup_steps), 1.0)
+    return min_lr + max_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@mutant("warmup_cosine_lr", "no clamp after total_steps: the cosine comes back up (transformers' formula past the "
+        "end)", MUTANTS)
+def lr_cosine_comes_back(step, max_lr, warmup_steps, total_steps, min_lr=0.0):
+    if step < warmup_steps:
+        return max_lr * step / warmup_steps
+    progress = (step - warmup_steps) / (total_steps - warmup_steps)
+    return min_lr + (max_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@mutant("warmup_cosine_lr", "a full cosine period (cos(2 pi p)): back at max_lr at total_steps", MUTANTS)
+def lr_full_period(step, max_lr, warmup_steps, total_steps, min_lr=0.0):
+    if step < warmup_steps:
+        return max_lr * step / warmup_steps
+    progress = min((step - warmup_steps) / (total_steps - warmup_steps), 1.0)
+    return min_lr + (max_lr - min_lr) * 0.5 * (1.0 + math.cos(2 * math.pi * progress))
+
+
+# -------------------------------------------------------------------------------------- clip_grad_norm
+@mutant("clip_grad_norm", "each tensor clipped on its own (per-parameter norms): changes the direction", MUTANTS)
+def clip_each_tensor(parameters, max_norm):
+    norms = []
+    for p in parameters:
+        if p.grad is None:
+            continue
+        norm = p.grad.norm()
+        p.grad.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
+        norms.append(norm)
+    return torch.stack(norms).norm()
+
+
+@mutant("clip_grad_norm", "the coefficient is not clamped at 1: small gradients are scaled up to max_norm", MUTANTS)
+def clip_scales_up(parameters, max_norm):
+    grads = [p.grad for p in parameters if p.grad is not None]
+    total = torch.stack([g.norm() for g in grads]).norm()
+    for g in grads:
+        g.mul_(max_norm / (total + 1e-6))
+    return total
+
+
+@mutant("clip_grad_norm", "iterates `parameters` twice: with model.parameters() (a generator) the clipping loop "
+        "sees nothing", MUTANTS)
+def clip_generator_consumed(parameters, max_norm):
+    total = torch.stack([p.grad.norm() for p in parameters if p.grad is not None]).norm()
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for p in parameters:  # the bug: a generator is exhausted after the first loop
+        if p.grad is not None:
+            p.grad.mul_(coef)
+    return total
+
+
+@mutant("clip_grad_norm", "returns the norm after clipping, not before", MUTANTS)
+def clip_returns_clipped_norm(parameters, max_norm):
+    grads = [p.grad for p in parameters if p.grad is not None]
+    total = torch.stack([g.norm() for g in grads]).norm()
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for g in grads:
+        g.mul_(coef)
+    return total * coef
+
+
+@mutant("clip_grad_norm", "crashes on a parameter without a gradient (p.grad is None)", MUTANTS)
+def clip_crashes_on_none(parameters, max_norm):
+    params = list(parameters)
+    total = torch.stack([p.grad.norm() for p in params]).norm()
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for p in params:
+        p.grad.mul_(coef)
+    return total
+
+
+@mutant("clip_grad_norm", "the sum of the per-tensor norms instead of the norm of all gradients together", MUTANTS)
+def clip_sum_of_norms(parameters, max_norm):
+    grads = [p.grad for p in parameters if p.grad is not None]
+    total = sum(g.norm() for g in grads)
+    coef = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    for g in grads:
+        g.mul_(coef)
+    return total
+
+
+# ------------------------------------------------------------------------------------ accumulated_step
+@mutant("accumulated_step", "no scaling: the micro-batches' mean losses summed (K times the gradient)", MUTANTS)
+def accumulate_sum_of_means(model, micro_batches, loss_fn):
+    model.zero_grad(set_to_none=True)
+    total, n = 0.0, sum(len(x) for x, _ in micro_batches)
+    for x, y in micro_batches:
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        total += loss.item() * len(x) / n
+    return total
+
+
+@mutant("accumulated_step", "each micro-batch divided by the number of micro-batches K, not weighted by its share "
+        "n_k / N (right only for equal sizes)", MUTANTS)
+def accumulate_divide_by_count(model, micro_batches, loss_fn):
+    model.zero_grad(set_to_none=True)
+    total = 0.0
+    for x, y in micro_batches:
+        loss = loss_fn(model(x), y) / len(micro_batches)
+        loss.backward()
+        total += loss.item()
+    return total
+
+
+@mutant("accumulated_step", "no zero_grad: the gradients of an earlier step are still in p.grad", MUTANTS)
+def accumulate_no_zero_grad(model, micro_batches, loss_fn):
+    n = sum(len(x) for x, _ in micro_batches)
+    total = 0.0
+    for x, y in micro_batches:
+        loss = loss_fn(model(x), y)
+        (loss * len(x) / n).backward()
+        total += loss.item() * len(x) / n
+    return total
+
+
+@mutant("accumulated_step", "zero_grad inside the loop: only the last micro-batch's gradient is left", MUTANTS)
+def accumulate_zero_grad_in_loop(model, micro_batches, loss_fn):
+    n = sum(len(x) for x, _ in micro_batches)
+    total = 0.0
+    for x, y in micro_batches:
+        model.zero_grad(set_to_none=True)
+        loss = loss_fn(model(x), y)
+        (loss * len(x) / n).backward()
+        total += loss.item() * len(x) / n
+    return total
+
+
+@mutant("accumulated_step", "right gradients, but returns the plain mean of the micro-batch losses", MUTANTS)
+def accumulate_returns_unweighted_mean(model, micro_batches, loss_fn):
+    model.zero_grad(set_to_none=True)
+    n = sum(len(x) for x, _ in micro_batches)
+    losses = []
+    for x, y in micro_batches:
+        loss = loss_fn(model(x), y)
+        (loss * len(x) / n).backward()
+        losses.append(loss.item())
+    return sum(losses) / len(losses)
+
+
+@mutant("accumulated_step", "concatenates the micro-batches and runs them at once (right numbers, no memory saved)",
+        MUTANTS)
+def accumulate_all_at_once(model, micro_batches, loss_fn):
+    model.zero_grad(set_to_none=True)
+    x = torch.cat([b[0] for b in micro_batches])
+    y = torch.cat([b[1] for b in micro_batches])
+    loss = loss_fn(model(x), y)
+    loss.backward()
+    return loss.item()
+
+
+# ------------------------------------------------------------------------------------------- train_step
+def _forward_loss(model, x, y, amp_dtype):
+    with torch.autocast(device_type=x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        return F.cross_entropy(model(x).flatten(0, -2).float(), y.flatten())
+
+
+def _clip(model, max_norm):
+    return torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf") if max_norm is None else max_norm)
+
+
+@mutant("train_step", "no zero_grad: every step's gradients add to the previous ones", MUTANTS)
+def step_no_zero_grad(model, batch, optimizer, scaler=None, max_norm=1.0, amp_dtype=None):
+    x, y = batch
+    loss = _forward_loss(model, x, y, amp_dtype)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    norm = _clip(model, max_norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return loss.item(), float(norm)
+
+
+@mutant("train_step", "clips the scaled gradients: no scaler.unscale_ before clipping (scaler.step unscales after)",
+        MUTANTS)
+def step_clips_scaled_gradients(model, batch, optimizer, scaler=None, max_norm=1.0, amp_dtype=None):
+    x, y = batch
+    optimizer.zero_grad(set_to_none=True)
+    loss = _forward_loss(model, x, y, amp_dtype)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+    else:
+        loss.backward()
+    norm = _clip(model, max_norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return loss.item(), float(norm)
+
+
+@mutant("train_step", "optimizer.step() instead of scaler.step(optimizer): an overflowing step is not skipped",
+        MUTANTS)
+def step_bypasses_scaler(model, batch, optimizer, scaler=None, max_norm=1.0, amp_dtype=None):
+    x, y = batch
+    optimizer.zero_grad(set_to_none=True)
+    loss = _forward_loss(model, x, y, amp_dtype)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    norm = _clip(model, max_norm)
+    optimizer.step()
+    if scaler is not None:
+        scaler.update()
+    return loss.item(), float(norm)
+
+
+@mutant("train_step", "no scaler.update(): the scale never adapts", MUTANTS)
+def step_no_scaler_update(model, batch, optimizer, scaler=None, max_norm=1.0, amp_dtype=None):
+    x, y = batch
+    optimizer.zero_grad(set_to_none=True)
+    loss = _forward_loss(model, x, y, amp_dtype)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    norm = _clip(model, max_norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+    else:
+        optimizer.step()
+    return loss.item(), float(norm)
+
+
+@mutant("train_step", "autocast never enabled: amp_dtype ignored, everything in float32", MUTANTS)
+def step_ignores_amp_dtype(model, batch, optimizer, scaler=None, max_norm=1.0, amp_dtype=None):
+    x, y = batch
+    optimizer.zero_grad(set_to_none=True)
+    loss = _forward_loss(model, x, y, None)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    norm = _clip(model, max_norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return loss.item(), float(norm)
+
+
+@mutant("train_step", "model.to(amp_dtype) instead of autocast: the master weights become 16-bit", MUTANTS)
+def step_casts_the_model(model, batch, optimizer, scaler=None, max_norm=1.0, amp_dtype=None):
+    x, y = batch
+    if amp_dtype is not None:
+        model.to(amp_dtype)
+    optimizer.zero_grad(set_to_none=True)
+    loss = F.cross_entropy(model(x).flatten(0, -2).float(), y.flatten())
+    loss.backward()
+    norm = _clip(model, max_norm)
+    optimizer.step()
+    return loss.item(), float(norm)
+
+
+@mutant("train_step", "clips after optimizer.step(): the step used the unclipped gradients", MUTANTS)
+def step_clips_after_step(model, batch, optimizer, scaler=None, max_norm=1.0, amp_dtype=None):
+    x, y = batch
+    optimizer.zero_grad(set_to_none=True)
+    loss = _forward_loss(model, x, y, amp_dtype)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    norm = _clip(model, max_norm)
+    return loss.item(), float(norm)
+
+
+@mutant("train_step", "returns the scaled loss (scaler.scale(loss).item()) instead of the loss", MUTANTS)
+def step_returns_scaled_loss(model, batch, optimizer, scaler=None, max_norm=1.0, amp_dtype=None):
+    x, y = batch
+    optimizer.zero_grad(set_to_none=True)
+    loss = _forward_loss(model, x, y, amp_dtype)
+    if scaler is not None:
+        loss = scaler.scale(loss)
+        loss.backward()
+        scaler.unscale_(optimizer)
+    else:
+        loss.backward()
+    norm = _clip(model, max_norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return loss.item(), float(norm)
+
+
+# ------------------------------------------------------------------------------- training_memory_bytes
+@mutant("training_memory_bytes", "forgets Adam's second moment (exp_avg_sq): 3 copies instead of 4", MUTANTS)
+def memory_one_adam_moment(n_params, param_bytes=4, optimizer="adamw"):
+    copies = {"adamw": 3, "adam": 3, "sgd": 2, "sgd_momentum": 3}
+    if optimizer not in copies:
+        raise ValueError(optimizer)
+    return n_params * param_bytes * copies[optimizer]
+
+
+@mutant("training_memory_bytes", "counts a momentum buffer for plain SGD (which keeps none)", MUTANTS)
+def memory_sgd_has_momentum(n_params, param_bytes=4, optimizer="adamw"):
+    copies = {"adamw": 4, "adam": 4, "sgd": 3, "sgd_momentum": 3}
+    if optimizer not in copies:
+        raise ValueError(optimizer)
+    return n_params * param_bytes * copies[optimizer]
+
+
+@mutant("training_memory_bytes", "forgets the gradients (weights + optimizer state only)", MUTANTS)
+def memory_no_gradients(n_params, param_bytes=4, optimizer="adamw"):
+    copies = {"adamw": 3, "adam": 3, "sgd": 1, "sgd_momentum": 2}
+    if optimizer not in copies:
+        raise ValueError(optimizer)
+    return n_params * param_bytes * copies[optimizer]
+
+
+@mutant("training_memory_bytes", "optimizer state always float32 (8 bytes per parameter for Adam whatever "
+        "param_bytes is)", MUTANTS)
+def memory_state_always_fp32(n_params, param_bytes=4, optimizer="adamw"):
+    state = {"adamw": 8, "adam": 8, "sgd": 0, "sgd_momentum": 4}
+    if optimizer not in state:
+        raise ValueError(optimizer)
+    return n_params * (2 * param_bytes + state[optimizer])
+
+
+@mutant("training_memory_bytes", "an unknown optimizer name is counted as plain SGD instead of raising", MUTANTS)
+def memory_unknown_is_sgd(n_params, param_bytes=4, optimizer="adamw"):
+    copies = {"adamw": 4, "adam": 4, "sgd_momentum": 3}
+    return n_params * param_bytes * copies.get(optimizer, 2)
