@@ -1,9 +1,11 @@
 """Known bugs of module 08: the learning-rate schedule, gradient clipping, gradient accumulation, the
 mixed-precision training step and the memory count.
 
-The small functions are written out whole, each with its bug. The train_step mutants are written out too (a
-learner's step is a dozen library calls in a fixed order, and each bug is one of them missing or moved); they
-clip with torch.nn.utils.clip_grad_norm_ directly, as the hidden checks do while they judge train_step.
+The small functions are written out whole, each with its bug. A learner's train_step is a dozen library calls
+in a fixed order, and each bug is one of them missing or changed: those mutants are the reference's step handed
+an optimizer or GradScaler without that call, or called with the wrong arguments (from_reference=True); the one
+that moves a call (clipping after the step) is written out, clipping with torch.nn.utils.clip_grad_norm_ as the
+hidden checks do while they judge train_step.
 """
 
 import math
@@ -204,125 +206,108 @@ def accumulate_all_at_once(model, micro_batches, loss_fn):
 
 
 # ------------------------------------------------------------------------------------------- train_step
-def _forward_loss(model, x, y, amp_dtype):
-    with torch.autocast(device_type=x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        return F.cross_entropy(model(x).flatten(0, -2).float(), y.flatten())
+# Built from the reference's step (from_reference=True), each with one call missing or changed: the
+# optimizer or GradScaler the reference is handed lacks that one call (_Without), or the reference is
+# called with the wrong arguments. Only the reordered step (clipping after the step) is written out.
+class _Without:
+    """`obj` with some methods replaced, e.g. a GradScaler whose update() does nothing."""
+
+    def __init__(self, obj, **methods):
+        self._obj, self._methods = obj, methods
+
+    def __getattr__(self, name):  # only for names not set in __init__ (copies made without __init__ have none)
+        methods, obj = self.__dict__.get("_methods", {}), self.__dict__.get("_obj")
+        if name in methods:
+            return methods[name]
+        if obj is None:
+            raise AttributeError(name)
+        return getattr(obj, name)
 
 
-def _clip(model, max_norm):
-    return torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf") if max_norm is None else max_norm)
+def _nothing(*args, **kwargs):
+    return None
 
 
-@mutant("train_step", "no zero_grad: every step's gradients add to the previous ones", MUTANTS)
-def step_no_zero_grad(model, batch, optimizer, scaler=None, max_norm=1.0, amp_dtype=None):
-    x, y = batch
-    loss = _forward_loss(model, x, y, amp_dtype)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-    else:
-        loss.backward()
-    norm = _clip(model, max_norm)
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    return loss.item(), float(norm)
+def _scaler_without(ref, **methods):
+    """The reference's step handed a GradScaler (when there is one) without `methods`."""
+    step = ref["train_step"]
+
+    def train_step(model, batch, optimizer, scaler=None, max_norm=1.0, amp_dtype=None):
+        scaler = scaler if scaler is None else _Without(scaler, **methods)
+        return step(model, batch, optimizer, scaler, max_norm, amp_dtype)
+
+    return train_step
+
+
+@mutant("train_step", "no zero_grad: every step's gradients add to the previous ones", MUTANTS, from_reference=True)
+def step_no_zero_grad(ref):
+    step = ref["train_step"]  # the reference (the namespace will hold this mutant)
+
+    def train_step(model, batch, optimizer, scaler=None, max_norm=1.0, amp_dtype=None):
+        return step(model, batch, _Without(optimizer, zero_grad=_nothing), scaler, max_norm, amp_dtype)
+
+    return train_step
 
 
 @mutant("train_step", "clips the scaled gradients: no scaler.unscale_ before clipping (scaler.step unscales after)",
-        MUTANTS)
-def step_clips_scaled_gradients(model, batch, optimizer, scaler=None, max_norm=1.0, amp_dtype=None):
-    x, y = batch
-    optimizer.zero_grad(set_to_none=True)
-    loss = _forward_loss(model, x, y, amp_dtype)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-    else:
-        loss.backward()
-    norm = _clip(model, max_norm)
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    return loss.item(), float(norm)
+        MUTANTS, from_reference=True)
+def step_clips_scaled_gradients(ref):
+    return _scaler_without(ref, unscale_=_nothing)
 
 
 @mutant("train_step", "optimizer.step() instead of scaler.step(optimizer): an overflowing step is not skipped",
-        MUTANTS)
-def step_bypasses_scaler(model, batch, optimizer, scaler=None, max_norm=1.0, amp_dtype=None):
-    x, y = batch
-    optimizer.zero_grad(set_to_none=True)
-    loss = _forward_loss(model, x, y, amp_dtype)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-    else:
-        loss.backward()
-    norm = _clip(model, max_norm)
-    optimizer.step()
-    if scaler is not None:
-        scaler.update()
-    return loss.item(), float(norm)
+        MUTANTS, from_reference=True)
+def step_bypasses_scaler(ref):
+    return _scaler_without(ref, step=lambda opt, *args, **kwargs: opt.step())
 
 
-@mutant("train_step", "no scaler.update(): the scale never adapts", MUTANTS)
-def step_no_scaler_update(model, batch, optimizer, scaler=None, max_norm=1.0, amp_dtype=None):
-    x, y = batch
-    optimizer.zero_grad(set_to_none=True)
-    loss = _forward_loss(model, x, y, amp_dtype)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-    else:
-        loss.backward()
-    norm = _clip(model, max_norm)
-    if scaler is not None:
-        scaler.step(optimizer)
-    else:
-        optimizer.step()
-    return loss.item(), float(norm)
+@mutant("train_step", "no scaler.update(): the scale never adapts", MUTANTS, from_reference=True)
+def step_no_scaler_update(ref):
+    return _scaler_without(ref, update=_nothing)
 
 
-@mutant("train_step", "autocast never enabled: amp_dtype ignored, everything in float32", MUTANTS)
-def step_ignores_amp_dtype(model, batch, optimizer, scaler=None, max_norm=1.0, amp_dtype=None):
-    x, y = batch
-    optimizer.zero_grad(set_to_none=True)
-    loss = _forward_loss(model, x, y, None)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-    else:
-        loss.backward()
-    norm = _clip(model, max_norm)
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
-    return loss.item(), float(norm)
+@mutant("train_step", "autocast never enabled: amp_dtype ignored, everything in float32", MUTANTS, from_reference=True)
+def step_ignores_amp_dtype(ref):
+    step = ref["train_step"]  # the reference (the namespace will hold this mutant)
+
+    def train_step(model, batch, optimizer, scaler=None, max_norm=1.0, amp_dtype=None):
+        return step(model, batch, optimizer, scaler, max_norm, None)
+
+    return train_step
 
 
-@mutant("train_step", "model.to(amp_dtype) instead of autocast: the master weights become 16-bit", MUTANTS)
-def step_casts_the_model(model, batch, optimizer, scaler=None, max_norm=1.0, amp_dtype=None):
-    x, y = batch
-    if amp_dtype is not None:
-        model.to(amp_dtype)
-    optimizer.zero_grad(set_to_none=True)
-    loss = F.cross_entropy(model(x).flatten(0, -2).float(), y.flatten())
-    loss.backward()
-    norm = _clip(model, max_norm)
-    optimizer.step()
-    return loss.item(), float(norm)
+@mutant("train_step", "model.to(amp_dtype) instead of autocast: the master weights become 16-bit", MUTANTS,
+        from_reference=True)
+def step_casts_the_model(ref):
+    step = ref["train_step"]  # the reference (the namespace will hold this mutant)
+
+    def train_step(model, batch, optimizer, scaler=None, max_norm=1.0, amp_dtype=None):
+        if amp_dtype is not None:
+            model.to(amp_dtype)
+        return step(model, batch, optimizer, scaler, max_norm, None)
+
+    return train_step
+
+
+@mutant("train_step", "returns the scaled loss (scaler.scale(loss).item()) instead of the loss", MUTANTS,
+        from_reference=True)
+def step_returns_scaled_loss(ref):
+    step = ref["train_step"]  # the reference (the namespace will hold this mutant)
+
+    def train_step(model, batch, optimizer, scaler=None, max_norm=1.0, amp_dtype=None):
+        scale = 1.0 if scaler is None else float(scaler.get_scale())  # the scale the loss was multiplied by
+        loss, norm = step(model, batch, optimizer, scaler, max_norm, amp_dtype)
+        return loss * scale, norm
+
+    return train_step
 
 
 @mutant("train_step", "clips after optimizer.step(): the step used the unclipped gradients", MUTANTS)
 def step_clips_after_step(model, batch, optimizer, scaler=None, max_norm=1.0, amp_dtype=None):
     x, y = batch
     optimizer.zero_grad(set_to_none=True)
-    loss = _forward_loss(model, x, y, amp_dtype)
+    with torch.autocast(device_type=x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        loss = F.cross_entropy(model(x).flatten(0, -2).float(), y.flatten())
     if scaler is not None:
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
@@ -331,27 +316,7 @@ def step_clips_after_step(model, batch, optimizer, scaler=None, max_norm=1.0, am
     else:
         loss.backward()
         optimizer.step()
-    norm = _clip(model, max_norm)
-    return loss.item(), float(norm)
-
-
-@mutant("train_step", "returns the scaled loss (scaler.scale(loss).item()) instead of the loss", MUTANTS)
-def step_returns_scaled_loss(model, batch, optimizer, scaler=None, max_norm=1.0, amp_dtype=None):
-    x, y = batch
-    optimizer.zero_grad(set_to_none=True)
-    loss = _forward_loss(model, x, y, amp_dtype)
-    if scaler is not None:
-        loss = scaler.scale(loss)
-        loss.backward()
-        scaler.unscale_(optimizer)
-    else:
-        loss.backward()
-    norm = _clip(model, max_norm)
-    if scaler is not None:
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        optimizer.step()
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf") if max_norm is None else max_norm)
     return loss.item(), float(norm)
 
 
