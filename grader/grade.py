@@ -444,8 +444,9 @@ def grade(submissions: Path, out: Path, cell_timeout: int | None = None, noteboo
                                "(only what is missing is graded), or choose a new OUT folder")
     if overwrite and not resume:
         shutil.rmtree(state, ignore_errors=True)
-    workers = workers or usable_cores()
-    threads = None if scheduler else max(1, usable_cores() // workers)
+    cores = usable_cores()
+    workers = workers or cores
+    threads = None if scheduler else max(1, cores // workers)
     options = {"cell_timeout": cell_timeout, "notebook_cap": notebook_cap, "course": course_fingerprint()}
     out.mkdir(parents=True, exist_ok=True)
     log = (out / "grading.log").open("a" if resume else "w", encoding="utf-8")

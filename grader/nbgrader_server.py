@@ -124,7 +124,7 @@ def _alembic_head() -> str:
     """The revision nbgrader stamps on a new gradebook. nbgrader's `get_alembic_version` asks for it by
     running the `alembic heads` command (3 s: a new Python importing alembic and nbgrader, for every
     new gradebook); this asks alembic's own API, in this process, for the same head of the same
-    migration scripts (tests/test_grading_parallel.py compares the two)."""
+    migration scripts (tests/test_nbgrader_server.py compares the two)."""
     from alembic.config import Config as AlembicConfig
     from alembic.script import ScriptDirectory
     from nbgrader.dbutil import _temp_alembic_ini

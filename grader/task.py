@@ -84,17 +84,13 @@ def _server():
     return _local.server
 
 
-def warm_worker(assignments: list[str], threads: int | None = None) -> str:
+def warm_worker(assignments: list[str], threads: int | None = None) -> None:
     """Load in this worker, before its first notebook, what grading the batch's modules needs:
     torch (with this worker's share of the cores), nbgrader's gradebook, those modules' checks and
     the nbgrader server (which warms its own renderer). The dispatcher runs this while it builds
-    the template, so the first notebook on each worker starts like every other one. Returns the
-    course fingerprint."""
-    global _FINGERPRINT
+    the template, so the first notebook on each worker starts like every other one."""
     from grader.assignments import checks_module
 
-    if _FINGERPRINT is None:
-        _FINGERPRINT = course_fingerprint()
     try:
         import nbgrader.api  # noqa: F401  (the judge's gradebook: 1.3 s of imports)
         import torch
@@ -106,7 +102,6 @@ def warm_worker(assignments: list[str], threads: int | None = None) -> str:
         _server()
     except Exception:  # noqa: BLE001  (a warm-up only: the first task meets the same error and reports it)
         pass
-    return _FINGERPRINT
 
 
 def _template(blob: bytes):
