@@ -7,6 +7,8 @@ Solution cells therefore only define things (functions, classes, small constants
 training runs and plots live in ordinary cells.
 """
 
+import linecache
+
 import nbformat
 
 from grader.assignments import solution_notebook
@@ -31,5 +33,18 @@ def reference_namespace(assignment_id: str) -> dict:
     for cell in nb.cells:
         if is_setup_cell(cell) or is_solution_cell(cell):
             grade_id = cell.metadata.get("nbgrader", {}).get("grade_id", "setup")
-            exec(compile(cell.source, f"<{assignment_id}:{grade_id}>", "exec"), ns)
+            filename = f"<{assignment_id}:{grade_id}:{len(linecache.cache)}>"
+            # Kept in linecache, as a kernel keeps its cells: tracebacks show the lines, and
+            # deepdive.capstone.source_of can write the definitions out as a program.
+            linecache.cache[filename] = (len(cell.source), None, cell.source.splitlines(True), filename)
+            exec(compile(cell.source, filename, "exec"), ns)
     return ns
+
+
+def solution_source(assignment_id: str, grade_id: str) -> str:
+    """The source of the instructor notebook's cell `grade_id` (e.g. "train_solution")."""
+    nb = nbformat.read(solution_notebook(assignment_id), as_version=4)
+    for cell in nb.cells:
+        if cell.metadata.get("nbgrader", {}).get("grade_id") == grade_id:
+            return cell.source
+    raise KeyError(f"{assignment_id} has no cell {grade_id!r}")

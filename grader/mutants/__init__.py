@@ -6,7 +6,7 @@ mutant from a fresh reference namespace (grader.reference), swaps it in under th
 imitates, runs the checks of that name first and then the module's other checks, and requires at
 least one trusted verdict to fail.
 
-One registration path, two forms:
+One registration path, three forms:
 
     @mutant("causal_mask", "excludes the diagonal (off by one)", MUTANTS)
     def causal_excludes_self(t_q, t_k=None):          # a small function, written out whole
@@ -17,6 +17,11 @@ One registration path, two forms:
         class Mutated(ref["MultiHeadAttention"]):    # subclass it and change the one buggy line,
             def _scale(self): ...                    # never a copy of the solution
         return Mutated
+
+    edit_mutant("train", "resumes at step 0", MUTANTS,   # a long function whose bug is one line:
+                old='start = load_checkpoint(',         # the reference's solution cell, read from the
+                new='load_checkpoint(')                 # notebook, with that line changed (`old` must
+                                                        # occur exactly once), run into the namespace
 """
 
 from collections.abc import Callable
@@ -54,3 +59,22 @@ def mutant(target: str, why: str, catalogue: list, *, from_reference: bool = Fal
         return obj
 
     return register
+
+
+def edit_mutant(target: str, why: str, catalogue: list, *, old: str, new: str, name: str) -> None:
+    """Register a mutant that is the reference's `<target>_solution` cell (read from the instructor notebook)
+    with the text `old`, which must occur exactly once, replaced by `new`, executed into the namespace. For a
+    long function (a training loop) whose bug is one line that no wrapper or subclass can reach."""
+
+    def build(ns: dict):
+        from grader.reference import solution_source
+
+        assignment_id = ns["__name__"].removeprefix("reference_")
+        source = solution_source(assignment_id, f"{target}_solution")
+        if source.count(old) != 1:
+            raise ValueError(f"mutant {name}: {old!r} occurs {source.count(old)} times in {target}_solution "
+                             "(expected exactly once): update the mutant to the notebook")
+        exec(compile(source.replace(old, new), f"<mutant {name}>", "exec"), ns)
+        return ns[target]
+
+    catalogue.append(Mutant(name, target, build, why))

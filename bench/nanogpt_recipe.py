@@ -1,0 +1,115 @@
+"""The capstone's speed claim, measured: nanoGPT's README CPU recipe against the capstone's default recipe, both
+trained by the capstone's own program (`minigpt.py`, written from the instructor notebook's cells) on the course's
+Shakespeare split, one after the other on this machine.
+
+    PYTHONPATH=. .venv/bin/python bench/nanogpt_recipe.py [--steps-between-evals 50] [--ablations]
+
+Prints L* (the validation loss, nats per character on the course's held-out plays, that the baseline ends at),
+the seconds of training (evaluation excluded, the same accounting for both) at which each run first reaches L*,
+and their ratio (target: at most 0.5). With --ablations it also runs the baseline with one change of the default
+at a time, to show what each change buys. Nothing is cached: every run trains from scratch.
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import fields
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from deepdive.capstone import write_program  # noqa: E402
+from grader.reference import reference_namespace  # noqa: E402
+
+AID = "09_mini_gpt_capstone"
+PROGRAM_PARTS = ["GPTConfig", "CausalSelfAttention", "MLP", "Block", "GPT", "make_optimizer", "warmup_cosine_lr",
+                 "apply_sampling_filters", "estimate_loss", "TrainConfig", "CharTokenizer", "get_batch",
+                 "save_checkpoint", "load_checkpoint", "train", "sample", "main"]
+
+# nanoGPT's README, "I only have a macbook" (config/train_shakespeare_char.py with the CPU overrides):
+# --block_size=64 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 --max_iters=2000 --lr_decay_iters=2000
+# --dropout=0.0, and from the config: learning_rate 1e-3, min_lr 1e-4, warmup_iters 100, beta2 0.99,
+# weight_decay 0.1, grad_clip 1.0.
+BASELINE = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, max_iters=2000, lr=1e-3, min_lr=1e-4,
+                warmup_iters=100, beta2=0.99, weight_decay=0.1, grad_clip=1.0, dropout=0.0)
+
+
+def run(program: Path, out_dir: Path, settings: dict, every: int, windows: int) -> dict:
+    args = [sys.executable, str(program), "train", "--out-dir", str(out_dir), "--eval-interval", str(every),
+            "--eval-windows", str(windows), "--ckpt-interval", "1000000"]
+    for key, value in settings.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    t0 = time.perf_counter()
+    subprocess.run(args, check=True, capture_output=True, text=True)
+    history = json.loads((out_dir / "history.json").read_text())
+    history["wall_s"] = time.perf_counter() - t0
+    return history
+
+
+def seconds_at(history: dict) -> dict:
+    """Step -> seconds of training when that many steps were done."""
+    done = dict(zip(history["step"], history["seconds"]))
+    return {s: done.get(s - 1, 0.0) for s, _ in history["val"]}
+
+
+def first_reaching(history: dict, target: float):
+    secs = seconds_at(history)
+    for step, loss in history["val"]:
+        if loss <= target:
+            return step, secs[step], loss
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps-between-evals", type=int, default=50)
+    parser.add_argument("--eval-windows", type=int, default=256, help="validation windows (of 64 characters) per evaluation")
+    parser.add_argument("--ablations", action="store_true", help="also the baseline with each change of the default alone")
+    args = parser.parse_args()
+
+    ns = reference_namespace(AID)
+    default = {f.name: getattr(ns["TrainConfig"](), f.name) for f in fields(ns["TrainConfig"])
+               if f.name in BASELINE}
+    runs = {"baseline (nanoGPT's CPU recipe)": BASELINE, "capstone default": default}
+    if args.ablations:
+        for key in sorted(k for k in BASELINE if default[k] != BASELINE[k]):
+            if key == "min_lr":
+                continue  # goes with lr
+            change = {key: default[key]} | ({"min_lr": default["min_lr"]} if key == "lr" else {})
+            runs[f"baseline + {', '.join(f'{k}={v}' for k, v in change.items())}"] = BASELINE | change
+
+    with tempfile.TemporaryDirectory() as tmp:
+        program = write_program(Path(tmp) / "minigpt.py", [ns[n] for n in PROGRAM_PARTS])
+        results = {}
+        for name, settings in runs.items():
+            print(f"training: {name} ...", flush=True)
+            results[name] = run(program, Path(tmp) / f"run{len(results)}", settings, args.steps_between_evals,
+                                args.eval_windows)
+
+    base = results["baseline (nanoGPT's CPU recipe)"]
+    l_star = base["val"][-1][1]
+    print(f"\nL* = {l_star:.4f} nats/character: the baseline's validation loss after its {BASELINE['max_iters']} steps "
+          f"({args.eval_windows} windows of 64 characters of the held-out plays)")
+    print("\n| run | settings changed | steps | final val loss | reaches L* at step | seconds of training to L* | "
+          "vs baseline | whole run s |")
+    print("|---|---|---|---|---|---|---|---|")
+    t_base = first_reaching(base, l_star)[1]
+    for name, h in results.items():
+        hit = first_reaching(h, l_star)
+        changed = ", ".join(f"{k}={v}" for k, v in runs[name].items() if BASELINE.get(k) != v) or "-"
+        reach = (f"{hit[0]} | {hit[1]:.1f} | {hit[1] / t_base:.2f}x" if hit else "never | - | -")
+        print(f"| {name} | {changed} | {h['step'][-1] + 1} | {h['val'][-1][1]:.4f} | {reach} | {h['wall_s']:.1f} |")
+    hit = first_reaching(results["capstone default"], l_star)
+    if hit:
+        print(f"\nratio: the default reaches L* in {hit[1] / t_base:.2f}x the baseline's time (target <= 0.5x), "
+              f"then goes on to {results['capstone default']['val'][-1][1]:.4f}")
+    else:
+        print("\nthe default never reaches L*")
+
+
+if __name__ == "__main__":
+    main()

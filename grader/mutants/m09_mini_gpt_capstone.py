@@ -1,0 +1,94 @@
+"""Known bugs for module 09 (the Mini-GPT capstone): the mistakes people make when they turn a notebook loop
+into a program that checkpoints, resumes and runs on several processes.
+
+Every mutant is the reference's solution cell with one line changed (`edit_mutant`): the cell is read from the
+instructor notebook, so a mutant follows the notebook and fails loudly if its line is no longer there.
+"""
+
+from grader.mutants import edit_mutant
+
+MUTANTS: list = []
+
+# ------------------------------------------------------------------------------------- CharTokenizer
+edit_mutant("CharTokenizer", "vocabulary in a set's order (list(set(text))): the ids change from one process to the "
+            "next", MUTANTS, name="tokenizer_set_order", old="return cls(sorted(set(text)))",
+            new="return cls(list(set(text)))")
+edit_mutant("CharTokenizer", "unknown characters silently dropped instead of an error", MUTANTS,
+            name="tokenizer_drops_unknown", old="            if c not in self.stoi:\n                raise ValueError(",
+            new="            if c not in self.stoi:\n                continue\n                raise ValueError(")
+edit_mutant("CharTokenizer", "an extra <unk> id for unknown characters: vocab_size is one more than the characters",
+            MUTANTS, name="tokenizer_unk_id", old="return len(self.chars)", new="return len(self.chars) + 1")
+edit_mutant("CharTokenizer", "saved one character per line: the newline character does not survive load", MUTANTS,
+            name="tokenizer_lines_file", old='json.dumps({"chars": self.chars}, ensure_ascii=False)',
+            new='"\\n".join(self.chars)')
+
+# ------------------------------------------------------------------------------------------ get_batch
+edit_mutant("get_batch", "targets not shifted: y = x", MUTANTS, name="batch_unshifted_targets",
+            old="y = torch.stack([data[s + 1:s + 1 + block_size] for s in starts])",
+            new="y = torch.stack([data[s:s + block_size] for s in starts])")
+edit_mutant("get_batch", "randint's upper bound taken as inclusive: the last window that fits is never drawn",
+            MUTANTS, name="batch_misses_last_start", old="torch.randint(0, len(data) - block_size, (batch_size,)",
+            new="torch.randint(0, len(data) - block_size - 1, (batch_size,)")
+edit_mutant("get_batch", "starts drawn from the global RNG: the generator (and so a resume) does not decide the data",
+            MUTANTS, name="batch_global_rng", old="(batch_size,), generator=generator)", new="(batch_size,))")
+edit_mutant("get_batch", "one start for the whole batch: every row is the same window", MUTANTS,
+            name="batch_one_start", old="(batch_size,), generator=generator)", new="(1,), generator=generator).expand(batch_size)")
+
+# ------------------------------------------------------------------------------------ save_checkpoint
+edit_mutant("save_checkpoint", "the optimizer's state is not saved (a resumed AdamW starts its moments from zero)",
+            MUTANTS, name="save_without_optimizer", old='"optimizer": optimizer.state_dict(), ', new="")
+edit_mutant("save_checkpoint", "the generator's seed instead of its state: a resumed run draws the first batches again",
+            MUTANTS, name="save_generator_seed", old='"generator": generator.get_state()',
+            new='"generator": generator.initial_seed()')
+edit_mutant("save_checkpoint", "the model object pickled instead of its state_dict: torch.load(weights_only=True) "
+            "refuses the file", MUTANTS, name="save_pickles_model", old='"model": model.state_dict()',
+            new='"model": model')
+edit_mutant("save_checkpoint", "the config dataclass pickled instead of asdict(config)", MUTANTS,
+            name="save_pickles_config", old='"config": asdict(config)', new='"config": config')
+
+# ------------------------------------------------------------------------------------ load_checkpoint
+edit_mutant("load_checkpoint", "the optimizer is not restored: the next step starts AdamW from scratch", MUTANTS,
+            name="load_ignores_optimizer", old='optimizer.load_state_dict(ckpt["optimizer"])', new="pass")
+edit_mutant("load_checkpoint", "the batch generator is not restored: a resumed run draws other batches", MUTANTS,
+            name="load_ignores_generator", old='generator.set_state(ckpt["generator"])', new="pass")
+edit_mutant("load_checkpoint", "torch's global RNG is not restored: dropout draws other masks after a resume", MUTANTS,
+            name="load_ignores_torch_rng", old='torch.set_rng_state(ckpt["torch_rng"])', new="pass")
+
+# ---------------------------------------------------------------------------------------------- train
+edit_mutant("train", "warmup off by one: step s uses the rate of step s + 1", MUTANTS, name="train_lr_off_by_one",
+            old="lr = warmup_cosine_lr(step, ", new="lr = warmup_cosine_lr(step + 1, ")
+edit_mutant("train", "the cosine's length is counted from the end of the warmup (total_steps = max_iters - warmup)",
+            MUTANTS, name="train_short_schedule", old="(step, cfg.lr, cfg.warmup_iters, cfg.max_iters, cfg.min_lr)",
+            new="(step, cfg.lr, cfg.warmup_iters, cfg.max_iters - cfg.warmup_iters, cfg.min_lr)")
+edit_mutant("train", "resume restores the checkpoint but starts again at step 0", MUTANTS, name="train_resume_at_zero",
+            old='start = load_checkpoint(out_dir / "ckpt.pt", model, optimizer, generator)["step"]',
+            new='load_checkpoint(out_dir / "ckpt.pt", model, optimizer, generator)')
+edit_mutant("train", "resume does not hand the generator to load_checkpoint: the batches start over", MUTANTS,
+            name="train_resume_without_generator", old='load_checkpoint(out_dir / "ckpt.pt", model, optimizer, generator)',
+            new='load_checkpoint(out_dir / "ckpt.pt", model, optimizer)')
+edit_mutant("train", "the checkpoint is labelled with the step just run instead of the steps done: a resume repeats "
+            "it", MUTANTS, name="train_checkpoint_step_label", old="            checkpoint(step + 1)",
+            new="            checkpoint(step)")
+edit_mutant("train", "every process takes the first rows of the global batch: the processes train on the same data",
+            MUTANTS, name="train_ddp_same_rows", old="rows = slice(rank * cfg.batch_size, (rank + 1) * cfg.batch_size)",
+            new="rows = slice(0, cfg.batch_size)")
+edit_mutant("train", "each process seeds its generator with seed + rank (nanoGPT's seed_offset): not one global batch",
+            MUTANTS, name="train_ddp_seed_per_rank", old="generator = torch.Generator().manual_seed(cfg.seed)",
+            new="generator = torch.Generator().manual_seed(cfg.seed + rank)")
+edit_mutant("train", "the loss scaled by the number of processes: the gradients are summed, not averaged", MUTANTS,
+            name="train_ddp_summed", old="loss.backward()  #", new="(loss * world_size).backward()  #")
+edit_mutant("train", "no zero_grad: every step's gradients add up", MUTANTS, name="train_no_zero_grad",
+            old="optimizer.zero_grad(set_to_none=True)", new="pass")
+
+# --------------------------------------------------------------------------------------------- sample
+edit_mutant("sample", "the context is not cropped to block_size: the model is fed more positions than it has",
+            MUTANTS, name="sample_no_crop", old="model(idx[:, -model.config.block_size:])", new="model(idx)")
+edit_mutant("sample", "returns only the generated characters, not the prompt and them", MUTANTS,
+            name="sample_drops_prompt", old="return tokenizer.decode(idx[0].tolist())",
+            new="return tokenizer.decode(idx[0, len(prompt):].tolist())")
+edit_mutant("sample", "draws from the global RNG: the generator's seed does not make a sample reproducible", MUTANTS,
+            name="sample_global_rng", old="torch.multinomial(probs, 1, generator=generator)",
+            new="torch.multinomial(probs, 1)")
+edit_mutant("sample", "the logits multiplied by the temperature instead of divided", MUTANTS,
+            name="sample_temperature_inverted", old="apply_sampling_filters(logits, temperature, top_k, top_p)",
+            new="apply_sampling_filters(logits, 1 / temperature, top_k, top_p)")
