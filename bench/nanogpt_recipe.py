@@ -22,13 +22,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from deepdive.capstone import write_program  # noqa: E402
+from deepdive.capstone import PROGRAM_PARTS, write_program  # noqa: E402
 from grader.reference import reference_namespace  # noqa: E402
 
 AID = "09_mini_gpt_capstone"
-PROGRAM_PARTS = ["GPTConfig", "CausalSelfAttention", "MLP", "Block", "GPT", "make_optimizer", "warmup_cosine_lr",
-                 "apply_sampling_filters", "estimate_loss", "TrainConfig", "CharTokenizer", "get_batch",
-                 "save_checkpoint", "load_checkpoint", "train", "sample", "main"]
 
 # nanoGPT's README, "I only have a macbook" (config/train_shakespeare_char.py with the CPU overrides):
 # --block_size=64 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 --max_iters=2000 --lr_decay_iters=2000

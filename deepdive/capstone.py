@@ -19,6 +19,8 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
+from deepdive.encoders import smooth
+
 PROGRAM_HEADER = '''"""minigpt.py: a character-level GPT that trains, checkpoints, resumes, samples, and runs on several
 processes. Written by the course's notebook 09 from its cells (the model from module 07, the schedule from
 module 08, the rest yours). Run `python minigpt.py --help`.
@@ -38,6 +40,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 '''
+
+# What notebook 09 writes into minigpt.py, in order (its cell passes the objects themselves).
+PROGRAM_PARTS = ("GPTConfig", "CausalSelfAttention", "MLP", "Block", "GPT", "make_optimizer", "warmup_cosine_lr",
+                 "apply_sampling_filters", "estimate_loss", "TrainConfig", "CharTokenizer", "get_batch",
+                 "save_checkpoint", "load_checkpoint", "train", "sample", "main")
 
 PROGRAM_FOOTER = '''
 
@@ -178,10 +185,7 @@ def plot_history(histories: dict, title: str = "", window: int = 25) -> None:
     more runs {label: history}."""
     fig, (ax_step, ax_time) = plt.subplots(1, 2, figsize=(11, 3.6))
     for label, h in histories.items():
-        loss = h["loss"]
-        smooth = [sum(loss[max(0, i - window + 1):i + 1]) / len(loss[max(0, i - window + 1):i + 1])
-                  for i in range(len(loss))]
-        line, = ax_step.plot(h["step"], smooth, alpha=0.6, label=f"{label}: training (mean of {window} steps)")
+        line, = ax_step.plot(h["step"], smooth(h["loss"], window), alpha=0.6, label=f"{label}: training (mean of {window} steps)")
         if h["val"]:
             steps, vals = zip(*h["val"])
             ax_step.plot(steps, vals, "o-", color=line.get_color(), label=f"{label}: validation")

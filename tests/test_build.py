@@ -1,6 +1,7 @@
 """The student release: regenerated from solutions/, free of solutions and hidden tests, and
 the zips carry what each audience needs."""
 
+import functools
 import os
 import re
 import subprocess
@@ -16,7 +17,8 @@ from grader.assignments import COURSE, ROOT, assignment_ids, solution_notebook
 MARKERS = re.compile(r"BEGIN SOLUTION|END SOLUTION|BEGIN HIDDEN TESTS|END HIDDEN TESTS")
 
 
-def solution_lines(aid: str) -> set[str]:
+@functools.cache
+def solution_lines(aid: str) -> frozenset[str]:
     """Distinctive lines of the reference: inside solution regions and hidden-test regions."""
     nb = nbformat.read(solution_notebook(aid), as_version=4)
     lines = set()
@@ -28,7 +30,7 @@ def solution_lines(aid: str) -> set[str]:
                     # short or generic lines ("return out", "pass") say nothing about the answer
                     if len(line) >= 24 and not line.startswith("#"):
                         lines.add(line)
-    return lines
+    return frozenset(lines)
 
 
 def all_solution_lines() -> set[str]:

@@ -11,13 +11,18 @@ import sys
 import pytest
 import torch
 
-from deepdive.capstone import SourceNotFound, corpus_words, generation_quality, source_of, write_program
+from deepdive.capstone import (
+    PROGRAM_PARTS,
+    SourceNotFound,
+    corpus_words,
+    generation_quality,
+    source_of,
+    write_program,
+)
 from grader.reference import reference_namespace
 
 AID = "09_mini_gpt_capstone"
-PARTS = ["GPTConfig", "CausalSelfAttention", "MLP", "Block", "GPT", "make_optimizer", "warmup_cosine_lr",
-         "apply_sampling_filters", "estimate_loss", "TrainConfig", "CharTokenizer", "get_batch", "save_checkpoint",
-         "load_checkpoint", "train", "sample", "main"]
+PARTS = PROGRAM_PARTS
 SMALL = ["--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--block-size", "16", "--max-iters", "12",
          "--warmup-iters", "4", "--eval-interval", "6", "--eval-windows", "8", "--ckpt-interval", "1000", "--dropout", "0.0"]
 

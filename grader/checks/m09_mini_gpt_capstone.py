@@ -34,6 +34,7 @@ import os
 import socket
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -804,7 +805,7 @@ class _LibraryGPT(nn.Module):
                     if p.dim() >= 2:
                         p.normal_(0.0, 0.6)
         self.gpt.eval()
-        self.config = dataclasses.make_dataclass("Cfg", [("block_size", int)])(block_size)
+        self.config = SimpleNamespace(block_size=block_size)
 
     def forward(self, idx, targets=None):
         return self.gpt(idx).logits, None
