@@ -13,7 +13,7 @@ notebook line runs unchanged on both:
 |--------------|------------------------------|--------------------------------------------------|-----------|
 | `distilbert` | DistilBertForMaskedLM        | DistilBertTokenizer: WordPiece, uncased, [CLS] [SEP] [MASK] [PAD] [UNK] | masked LM, 40% of tokens, 80/10/10 (DataCollatorForLanguageModeling) |
 | `distilgpt2` | GPT2LMHeadModel              | GPT2Tokenizer: byte-level BPE, <|endoftext|>      | causal LM |
-| `t5`         | T5ForConditionalGeneration   | T5Tokenizer: Unigram (SentencePiece-style), </s> <pad> <unk> <extra_id_0..99> | span corruption (15% noise, mean span 3) |
+| `t5`         | T5ForConditionalGeneration   | T5Tokenizer: Unigram (SentencePiece-style), </s> <pad> <unk> <extra_id_0..99> | denoising: span-corrupted inputs (15% noise, mean span 3); target the whole window in 75% of the batches, T5's span-corruption target (the dropped spans) in the rest |
 
 Pretraining text (from `make data`, read through `deepdive.datasets`; labels are never read):
 the Shakespeare train plays and the texts of the sentiment train reviews; DistilGPT-2 reads
@@ -553,7 +553,10 @@ def build_family(family: str, cfg: BuildConfig, out: Path, seed: int, progress: 
         "tokenizer_class": type(tokenizer).__name__,
         "stands_in_for": {"distilbert": "distilbert-base-uncased", "distilgpt2": "distilgpt2", "t5": "t5-small"}[family],
         "objective": {"distilbert": f"masked LM ({cfg.mlm_probability:.0%}, 80/10/10)", "distilgpt2": "causal LM",
-                      "t5": f"span corruption ({cfg.noise_density:.0%} noise, mean span {cfg.mean_span:g})"}[family],
+                      "t5": (f"denoising: span-corrupted inputs of {cfg.seq_len} tokens ({cfg.noise_density:.0%} "
+                             f"noise, mean span {cfg.mean_span:g}); target the whole uncorrupted window in "
+                             f"{cfg.reconstruct_fraction:.0%} of the batches, T5's span-corruption target (the "
+                             f"dropped spans after their sentinels) in the rest")}[family],
         "parameters": sum(p.numel() for p in model.parameters()),
         "vocab_size": len(tokenizer),
         "seed": seed,

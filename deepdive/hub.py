@@ -12,7 +12,8 @@ reached, the course-built one from `data/models/` when it cannot.
 
 The course builds (`make models`, i.e. `data/build_models.py`) are small configurations of the
 same model classes with the same tokenizer classes, briefly pretrained with the same objectives
-on the course's own corpora, so every notebook line that works on one works on the other; only
+(T5's mostly as a whole-window denoiser: each build's `build_info.json` says exactly what it was trained on
+and how) on the course's own corpora, so every notebook line that works on one works on the other; only
 the sizes and the numbers differ. Which one is used, and why, is printed.
 
 Rules, in order:
