@@ -15,7 +15,6 @@ freezing, LoRA, counting) are passed in by the notebook where a helper needs the
 """
 
 import copy
-import math
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -280,7 +279,3 @@ def plot_confusion(labels, preds, names: list[str], title: str = "") -> None:
     ax.set_title(title)
     plt.tight_layout()
     plt.show()
-
-
-def nats(x: float) -> str:
-    return f"{x:.3f} nats (perplexity {math.exp(x):,.0f})"
