@@ -19,7 +19,8 @@ API:
   space-joined tokens of `characters`, lines of `mentions`), e.g. as pretraining text.
 - `label_names(name) -> list[str]`: id -> name for `sentiment`, `characters` and `mentions`.
 - `split_path(name, split) -> Path`: the file, after checking that it exists and is intact.
-- `t2t_tasks() -> list[str]`, and `load_split("t2t", split, task=...)` keeps one task.
+- `t2t_tasks() -> list[str]`, and `load_split("t2t", split, task=...)` keeps one task;
+  `keep_prefix=False` drops the task prefix (`T2T_PREFIXES`) from every source.
 
 Every file is checked against the sha256 in `data/checksums.json` the first time it is read
 in a process, so a learner never trains on a half-written or edited split: a missing file
@@ -48,6 +49,7 @@ SPLITS = {
 SENTIMENT_LABELS = ["negative", "positive"]
 CHARACTER_TAGS = ["O", "B-PER", "I-PER"]
 MENTION_LABELS = ["no_name", "names_character"]
+T2T_PREFIXES = {"date": "normalize date: ", "modernize": "modernize: "}  # task -> the prefix its sources start with
 _LABELS = {"sentiment": SENTIMENT_LABELS, "characters": CHARACTER_TAGS, "mentions": MENTION_LABELS}
 
 _verified: dict[Path, tuple[int, int]] = {}  # path -> (size, mtime_ns) when its sha256 last matched
@@ -198,14 +200,20 @@ def t2t_tasks() -> list[str]:
     return sorted({r["task"] for r in load_rows("t2t", "train")})
 
 
-def load_split(name: str, split: str, task: str | None = None):
+def load_split(name: str, split: str, task: str | None = None, keep_prefix: bool = True):
     """One split as a `datasets.Dataset` (columns in the module docstring).
 
     `task` (only for `t2t`) keeps the rows of one task, e.g. `load_split("t2t", "train", task="date")`.
+    `keep_prefix=False` (only for `t2t`) removes each source's task prefix (`T2T_PREFIXES`), for code that
+    adds the prefix itself: "normalize date: 9 Nov 1823" -> "9 Nov 1823".
     """
     import datasets  # imported here: `import deepdive.datasets` stays light
 
     rows = load_rows(name, split)
+    if not keep_prefix:
+        if name != "t2t":
+            raise ValueError("keep_prefix only applies to the 't2t' set")
+        rows = [dict(r, source=r["source"].removeprefix(T2T_PREFIXES[r["task"]])) for r in rows]
     if task is not None:
         if name != "t2t":
             raise ValueError("task= only applies to the 't2t' set")

@@ -23,14 +23,23 @@ from functools import lru_cache
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import DataCollatorForLanguageModeling, PrinterCallback, Trainer, TrainingArguments
+from transformers import (
+    DataCollatorForLanguageModeling,
+    PrinterCallback,
+    Seq2SeqTrainer,
+    Seq2SeqTrainingArguments,
+    Trainer,
+    TrainingArguments,
+)
 
 from deepdive.recipes import training_state_bytes
 
 
-def training_args(out_dir: str, seed: int = 0, cpu: bool | None = None, **overrides) -> TrainingArguments:
+def training_args(out_dir: str, seed: int = 0, cpu: bool | None = None, cls=TrainingArguments,
+                  **overrides) -> TrainingArguments:
     """Arguments for a short fine-tuning run: nothing saved, logged to a service or drawn as a progress bar.
-    `cpu=True` forces the CPU (the graded checks); by default Trainer picks cuda / mps when there is one."""
+    `cpu=True` forces the CPU (the graded checks); by default Trainer picks cuda / mps when there is one.
+    `cls=Seq2SeqTrainingArguments` for a `Seq2SeqTrainer` (then e.g. `predict_with_generate=True`)."""
     kw = dict(output_dir=out_dir, seed=seed, report_to="none", save_strategy="no", eval_strategy="no",
               logging_strategy="no", disable_tqdm=True, dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
               per_device_train_batch_size=32,
@@ -40,17 +49,22 @@ def training_args(out_dir: str, seed: int = 0, cpu: bool | None = None, **overri
     if cpu:
         kw["use_cpu"] = True
     kw.update(overrides)
-    return TrainingArguments(**kw)
+    return cls(**kw)
 
 
 def fine_tune(model, train, collator, *, lr: float, epochs: float, seed: int = 0, compute_metrics=None,
-              cpu: bool | None = None, **args) -> tuple[Trainer, float]:
+              cpu: bool | None = None, seq2seq: bool = False, optimizer=None, eval_dataset=None,
+              **args) -> tuple[Trainer, float]:
     """Train `model` on the tokenised `train` set with `Trainer` (AdamW, linear decay after 6% warmup);
-    returns (trainer, seconds spent in trainer.train()). The trainer then predicts / evaluates."""
+    returns (trainer, seconds spent in trainer.train()). The trainer then predicts / evaluates.
+    `seq2seq=True`: a `Seq2SeqTrainer` (`args` may then hold `predict_with_generate=True`, ...);
+    `optimizer`: a ready optimizer instead of AdamW (e.g. T5's Adafactor), with the same schedule."""
     out = tempfile.mkdtemp(prefix="deepdive-finetune-")
-    trainer = Trainer(model=model, args=training_args(out, seed, cpu=cpu, learning_rate=lr, num_train_epochs=epochs,
-                                                      **args),
-                      train_dataset=train, data_collator=collator, compute_metrics=compute_metrics)
+    trainer_cls, args_cls = (Seq2SeqTrainer, Seq2SeqTrainingArguments) if seq2seq else (Trainer, TrainingArguments)
+    trainer = trainer_cls(model=model, args=training_args(out, seed, cpu=cpu, cls=args_cls, learning_rate=lr,
+                                                          num_train_epochs=epochs, **args),
+                          train_dataset=train, eval_dataset=eval_dataset, data_collator=collator,
+                          compute_metrics=compute_metrics, optimizers=(optimizer, None))
     trainer.remove_callback(PrinterCallback)  # the metrics are printed where the notebook wants them
     t0 = time.perf_counter()
     trainer.train()

@@ -12,6 +12,31 @@ def generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def learner_call(label: str, thunk, call: str | None = None):
+    """on_learner_side(label, thunk), with the learner's exception worded with `call` (by default the label)."""
+    try:
+        return on_learner_side(label, thunk)
+    except LearnerRaised as exc:
+        raise exc.explain(call or label) from None
+
+
+@contextmanager
+def rng_kept():
+    """On the learner's side: Trainer seeds torch, numpy and random globally; keep the notebook's random state as it
+    was."""
+    import random
+
+    import numpy as np
+
+    py, npy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
+
+
 def build_seeded(cls, seed: int, *args, **kwargs):
     """On the learner's side: `cls(*args, **kwargs)` with its initial weights drawn from `seed`, the
     global RNG forked, so that neither the notebook's random state nor the check's generator moves."""

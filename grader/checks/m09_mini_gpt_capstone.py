@@ -42,7 +42,7 @@ from torch import nn
 
 from deepdive.decoders import shakespeare_chars
 from deepdive.oracles import gpt2_from_gpt
-from grader.checks._common import assert_close, generator
+from grader.checks._common import assert_close, generator, learner_call
 from grader.trusted import LearnerRaised, live, on_learner_side, trusted_check
 
 
@@ -64,12 +64,6 @@ def _text(value, what: str) -> str:
     return value
 
 
-def _learner(call: str, thunk):
-    """on_learner_side(call, thunk), with the learner's exception worded with the call."""
-    try:
-        return on_learner_side(call, thunk)
-    except LearnerRaised as exc:
-        raise exc.explain(call) from None
 
 
 def _expect_dict(out, call: str) -> None:
@@ -110,7 +104,7 @@ def check_CharTokenizer(CharTokenizer, seed=0):
         return {"vocab_size": tok.vocab_size, "ids": ids, "decoded": tok.decode(ids),
                 "decoded_tensor": tok.decode(torch.tensor(ids, dtype=torch.long)), "empty": tok.encode("")}
 
-    out = _learner(call, lambda: run(live(CharTokenizer)))
+    out = learner_call(call, lambda: run(live(CharTokenizer)))
     _expect_dict(out, call)
     if out["vocab_size"] != len(chars):
         raise AssertionError(f"{call}: vocab_size is {out['vocab_size']}, but the text has {len(chars)} distinct "
@@ -155,7 +149,7 @@ def check_CharTokenizer_files(CharTokenizer, seed=0):
                 "original": tok.encode(other + '"'), "decoded": loaded.decode(loaded.encode(text))}
 
     call = "tok.save(path); CharTokenizer.load(path)"
-    out = _learner(call, lambda: run(live(CharTokenizer)))
+    out = learner_call(call, lambda: run(live(CharTokenizer)))
     _expect_dict(out, call)
     if out["content"] is not None:  # a file of more than 3,000 bytes is not read back (the record's text limit)
         try:
@@ -241,7 +235,7 @@ def check_get_batch(get_batch, seed=0):
             global_draw = torch.rand(4)
         return {"first": first, "second": second, "again": again, "global": global_draw}
 
-    out = _learner(call, lambda: run(live(get_batch)))
+    out = learner_call(call, lambda: run(live(get_batch)))
     _expect_dict(out, call)
     x, y = _batch(out["first"], B, T, call)
     _starts(x, y, N, T, call, offset)
@@ -268,7 +262,7 @@ def check_get_batch_coverage(get_batch, seed=0):
     N, T, B = 12, 4, 800
     data = torch.arange(N)
     call = f"get_batch(data ({N},), batch_size={B}, block_size={T}, generator)"
-    out = _learner(call, lambda: live(get_batch)(data, B, T, torch.Generator().manual_seed(seed)))
+    out = learner_call(call, lambda: live(get_batch)(data, B, T, torch.Generator().manual_seed(seed)))
     x, y = _batch(out, B, T, call)
     starts = _starts(x, y, N, T, call, 0)
     counts = torch.bincount(starts, minlength=N - T)  # (N - T,)
@@ -444,7 +438,7 @@ def check_load_checkpoint(load_checkpoint, seed=0):
                 alone_logits = alone(torch.arange(10).reshape(2, 5) % 11)
         return {"info": info, "after": after, "alone": alone_logits}
 
-    out = _learner(call, lambda: run(live(load_checkpoint)))
+    out = learner_call(call, lambda: run(live(load_checkpoint)))
     if not isinstance(out, dict) or not isinstance(out.get("after"), dict):
         raise AssertionError(f"{call}: the check could not read your results")
     model, opt, gen, _ = _trained(seed)
@@ -600,7 +594,7 @@ def check_train_resume(train, seed=0):
                     "full_ckpt": _ckpt_tensors(Path(tmp) / "full" / "ckpt.pt"),
                     "cut_ckpt": _ckpt_tensors(Path(tmp) / "cut" / "ckpt.pt")}
 
-    out = _learner(call, lambda: run(live(train)))
+    out = learner_call(call, lambda: run(live(train)))
     _expect_dict(out, call)
     full, first, second = (_history(out.get(k), f"{call}: {k} run") for k in ("full", "first", "second"))
     n = RESUME["max_iters"]
@@ -691,7 +685,7 @@ def check_train_ddp(train, seed=0):
     batch_size 8: the same weights and the same AdamW moments afterwards (gradients averaged over the
     processes, each process on its rows of the one global batch)."""
     call = "train under 2 processes (RANK 0/1, WORLD_SIZE=2, batch_size=4) vs one process with batch_size=8"
-    out = _learner(call, lambda: _ddp_runs(live(train), seed))
+    out = learner_call(call, lambda: _ddp_runs(live(train), seed))
     if not isinstance(out, dict) or not all(isinstance(out.get(k), dict) for k in ("ddp", "single")):
         raise AssertionError(f"{call}: the check could not read the two runs' checkpoints")
     ddp, single = out["ddp"], out["single"]
@@ -753,7 +747,7 @@ def check_train_trained(train, seed=0):
     loss, computed by the check with GPT2LMHeadModel on held-out windows of validation.txt, is below the
     threshold."""
     call = "train(TrainConfig(n_layer=2, n_embd=64, block_size=32, batch_size=32, max_iters=300, lr=6e-3), ...)"
-    state = _learner(call, lambda: _trained_state(live(train), seed))
+    state = learner_call(call, lambda: _trained_state(live(train), seed))
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise AssertionError(f"{call}: the checkpoint's 'model' is not a state_dict of tensors")
     if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
@@ -833,7 +827,7 @@ def check_sample(sample, seed=0):
         with torch.random.fork_rng(devices=[]):
             return {"greedy": fn(model, _Tok(), prompt, n, temperature=0), "none": fn(model, _Tok(), prompt, 0)}
 
-    out = _learner(call, lambda: run(live(sample)))
+    out = learner_call(call, lambda: run(live(sample)))
     _expect_dict(out, call)
     text = _text(out["greedy"], call)
     if len(text) != len(prompt) + n:
@@ -885,7 +879,7 @@ def check_sample_seeded(sample, seed=0):
                     for s in range(SAMPLE_DRAWS)]
         return {"long": long, "ones": ones}
 
-    out = _learner(call, lambda: run(live(sample)))
+    out = learner_call(call, lambda: run(live(sample)))
     if not isinstance(out, dict) or not isinstance(out.get("long"), list) or not isinstance(out.get("ones"), list):
         raise AssertionError(f"{call}: the check could not read your results")
     a, b, c = (_text(t, call) for t in out["long"][:3])

@@ -9,16 +9,14 @@ on the network) through the learner's function with the check's own recipe, on t
 metric here from the predictions: accuracy on `mentions`, entity F1 (seqeval) on `characters`.
 """
 
-import random
 import warnings
-from contextlib import contextmanager
 from functools import lru_cache, partial
 
 import numpy as np
 import torch
 
-from grader.checks._common import assert_close, build_seeded, generator
-from grader.trusted import LearnerRaised, live, on_learner_side, trusted_check
+from grader.checks._common import assert_close, build_seeded, generator, learner_call, rng_kept
+from grader.trusted import live, trusted_check
 
 LORA_TARGETS = ["q_lin", "k_lin", "v_lin", "out_lin"]
 
@@ -30,16 +28,6 @@ def _tokenizer():
     return load_tokenizer("distilbert", source="local", verbose=False)
 
 
-@contextmanager
-def _rng_kept():
-    """Trainer seeds torch, numpy and random globally: keep the notebook's random state as it was."""
-    py, npy = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):
-        try:
-            yield
-        finally:
-            random.setstate(py)
-            np.random.set_state(npy)
 
 
 def _with_live(fn, graded, *args):
@@ -47,11 +35,6 @@ def _with_live(fn, graded, *args):
     return fn(live(graded), *args)
 
 
-def _learner(label, thunk, call):
-    try:
-        return on_learner_side(label, thunk)
-    except LearnerRaised as exc:
-        raise exc.explain(call) from None
 
 
 # ------------------------------------------------------------------------------------------ tokenize_batch
@@ -91,7 +74,7 @@ def check_tokenize_batch(tokenize_batch, seed=0):
     for max_length in (12 + seed % 5, 40):
         batch = {"text": list(texts), "label": [0] * len(texts), "play": ["test"] * len(texts)}
         call = f"tokenize_batch(batch of {len(texts)} lines, tokenizer, max_length={max_length})"
-        got = _learner(f"tokenize_batch (max_length={max_length})",
+        got = learner_call(f"tokenize_batch (max_length={max_length})",
                        partial(_with_live, _tokenized, tokenize_batch, batch, tok, max_length), call)
         expected = tok(texts, truncation=True, max_length=max_length)
         if not isinstance(got, dict) or "__type__" in got:
@@ -161,7 +144,7 @@ def check_compute_metrics(compute_metrics, seed=0):
     cases.append(("3 classes predicted, class 2 absent from the labels", logits, rng.choice(2, size=40)))
     for what, logits, labels in cases:
         call = f"compute_metrics(EvalPrediction(predictions {logits.shape}, label_ids {labels.shape})) [{what}]"
-        got = _learner(f"compute_metrics [{what}]", partial(_with_live, _metrics, compute_metrics, EvalPrediction(
+        got = learner_call(f"compute_metrics [{what}]", partial(_with_live, _metrics, compute_metrics, EvalPrediction(
             predictions=logits.copy(), label_ids=labels.copy())), call)
         preds = logits.argmax(-1)
         with warnings.catch_warnings():
@@ -222,7 +205,7 @@ def check_freeze_base(freeze_base, seed=0):
         prefix = model.base_model_prefix + "."
         names = [n for n, _ in model.named_parameters()]
         call = f"freeze_base({label})"
-        got = _learner(f"freeze_base {label}", partial(_with_live, _learner_freeze, freeze_base, cls, config, seed),
+        got = learner_call(f"freeze_base {label}", partial(_with_live, _learner_freeze, freeze_base, cls, config, seed),
                        call)
         grads = got.get("requires_grad") if isinstance(got, dict) else None
         if not isinstance(grads, dict) or sorted(grads) != sorted(names):
@@ -272,7 +255,7 @@ def check_count_trainable(count_trainable, seed=0):
     """(trainable, total) = sums of p.numel() over model.parameters(), with and without requires_grad."""
     for label, model in _count_models(seed):
         call = f"count_trainable({label})"
-        got = _learner(f"count_trainable {label}", partial(_with_live, lambda f, m: f(m), count_trainable, model), call)
+        got = learner_call(f"count_trainable {label}", partial(_with_live, lambda f, m: f(m), count_trainable, model), call)
         params = list(model.parameters())
         want = (sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params))
         if not (isinstance(got, tuple | list) and len(got) == 2 and all(isinstance(x, int) for x in got)):
@@ -344,7 +327,7 @@ def check_make_lora_model(make_lora_model, seed=0):
                 if _norm(n) in lora_values:
                     p.copy_(lora_values[_norm(n)])
             expected = oracle.eval()(input_ids=ids).logits
-        got = _learner(f"make_lora_model {label}", partial(
+        got = learner_call(f"make_lora_model {label}", partial(
             _with_live, _learner_lora, make_lora_model, cls, config, seed, r, alpha, targets, lora_values, ids), call)
         trainable = got.get("trainable") if isinstance(got, dict) else None
         if not isinstance(trainable, dict):
@@ -386,7 +369,7 @@ def _learner_lora_finetune(make_lora_model, seed):
     from deepdive.hub import local_path
 
     tok = _tokenizer()
-    with _rng_kept():
+    with rng_kept():
         torch.manual_seed(seed)
         model = AutoModelForSequenceClassification.from_pretrained(local_path("distilbert"), num_labels=2,
                                                                    local_files_only=True)
@@ -421,7 +404,7 @@ def check_make_lora_model_trained(make_lora_model, seed=0):
 
     call = (f"make_lora_model(course DistilBERT, r={LORA['r']}, alpha={LORA['alpha']}, target_modules={LORA_TARGETS}), "
             f"fine-tuned by the check on {LORA['n_train']} mentions lines")
-    preds = _learner("make_lora_model: fine-tune on mentions", lambda: _learner_lora_finetune(
+    preds = learner_call("make_lora_model: fine-tune on mentions", lambda: _learner_lora_finetune(
         live(make_lora_model), seed), call)
     labels = torch.tensor(load_split("mentions", "test")["label"])
     if not (isinstance(preds, torch.Tensor) and tuple(preds.shape) == tuple(labels.shape)):
@@ -467,7 +450,7 @@ def check_align_labels_with_tokens(align_labels_with_tokens, seed=0):
         word_ids = tok(row["tokens"], is_split_into_words=True, truncation=True, max_length=64).word_ids()
         cases.append((list(row["tags"]), word_ids))
     cases.append(([1, 2, 0], [None, 0, 0, 1, 2, 2, None, None, None]))  # padded to 9 tokens
-    got = _learner("align_labels_with_tokens", lambda: [
+    got = learner_call("align_labels_with_tokens", lambda: [
         [int(x) for x in live(align_labels_with_tokens)(list(tags), list(ids))] for tags, ids in cases],
         "align_labels_with_tokens(word_labels, word_ids) on lines of the test plays")
     if not (isinstance(got, list) and len(got) == len(cases)):
@@ -513,7 +496,7 @@ def _learner_tagger(align_labels_with_tokens, seed):
         return out
 
     cols = ["tokens", "tags", "play"]
-    with _rng_kept():
+    with rng_kept():
         torch.manual_seed(seed)
         model = AutoModelForTokenClassification.from_pretrained(local_path("distilbert"), num_labels=3,
                                                                 local_files_only=True)
@@ -569,7 +552,7 @@ def check_align_labels_with_tokens_trained(align_labels_with_tokens, seed=0):
     rows = _tagged_rows("test", 0, None)
     call = (f"the course DistilBERT fine-tuned by the check for token classification on {TAGGER['n_train']} lines "
             "labelled by your align_labels_with_tokens")
-    predicted = _learner("align_labels_with_tokens: fine-tune a tagger", lambda: _learner_tagger(
+    predicted = learner_call("align_labels_with_tokens: fine-tune a tagger", lambda: _learner_tagger(
         live(align_labels_with_tokens), seed), call)
     if not (isinstance(predicted, torch.Tensor) and predicted.dim() == 2 and predicted.shape[0] == len(rows)):
         raise AssertionError(f"{call}: no predictions for every test line came back")
