@@ -39,12 +39,12 @@ $(VENV)/.installed: pyproject.toml
 data: setup ## build the course data sets into data/build/ (offline, deterministic)
 	$(PY) data/build_data.py
 
-# About 4.5 min on 2 cores, so a family is rebuilt only when it is missing or its inputs changed:
+# About 10 min on 2 cores (T5 alone about 7), so a family is rebuilt only when it is missing or its inputs changed:
 # the build script, the data (pinned by data/checksums.json) or the package pins. build_info.json
 # is the last file a build writes. `make data` runs first (order-only: it rewrites the data files
 # in seconds without forcing a rebuild of the models).
 MODEL_INFOS := $(foreach f,distilbert distilgpt2 t5,data/models/$(f)/build_info.json)
-models: $(MODEL_INFOS) ## build the small offline checkpoints into data/models/ (offline, deterministic, < 5 min)
+models: $(MODEL_INFOS) ## build the small offline checkpoints into data/models/ (offline, deterministic, ~10 min)
 
 data/models/%/build_info.json: data/build_models.py data/checksums.json $(VENV)/.installed | data
 	$(PY) data/build_models.py --only $*

@@ -126,7 +126,7 @@ CONFIGS = {
         vocab_size=4096, n_layers=3, seq_len=128, batch_size=16, steps=300, dropout=0.0, corpora=("sentiment",),
     ),
     "t5": BuildConfig(
-        vocab_size=4096, n_layers=2, seq_len=24, batch_size=32, steps=1200, optimizer="adafactor", lr=1e-2,
+        vocab_size=4096, n_layers=2, seq_len=32, batch_size=32, steps=3000, optimizer="adafactor", lr=1e-2,
         dropout=0.0, reconstruct_fraction=0.75,
     ),
 }  # fmt: skip

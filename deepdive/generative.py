@@ -161,9 +161,9 @@ MODULE10_MEASURED = {
 }
 
 
-def architecture_map_markdown(lm: tuple[float, float], dates: tuple[float, float]) -> str:
-    """The task -> architecture table: `lm` = (perplexity before, after) and `dates` = (exact match, chrF) as this
-    notebook measured them; classification and token tasks from MODULE10_MEASURED."""
+def architecture_map_markdown(lm: tuple[float, float], t2t: dict) -> str:
+    """The task -> architecture table: `lm` = (perplexity before, after) and `t2t` = {task: {"exact match": ...,
+    "chrF": ...}} as this notebook measured them; classification and token tasks from MODULE10_MEASURED."""
     rows = ["| task | architecture | course model | what it is trained on | the course measured |", "|---|---|---|---|---|"]
     for task, (metric, values, what) in MODULE10_MEASURED.items():
         head = "sequence-classification head on [CLS]" if task == "classification" else "a label per token"
@@ -171,8 +171,9 @@ def architecture_map_markdown(lm: tuple[float, float], dates: tuple[float, float
                     f"{min(values):.3f}-{max(values):.3f} (5 seeds) |")
     rows.append(f"| generation | decoder (causal LM) | DistilGPT-2 (this notebook) | Shakespeare blocks | "
                 f"perplexity {lm[0]:,.0f} -> {lm[1]:,.0f} |")
+    measured = "; ".join(f"{task}: exact match {s['exact match']:.3f}, chrF {s['chrF']:.1f}" for task, s in t2t.items())
     rows.append(f"| summarisation / translation / normalisation | encoder-decoder (text-to-text) | T5 (this notebook) | "
-                f"dates to ISO 8601 | exact match {dates[0]:.3f}, chrF {dates[1]:.1f} |")
+                f"dates to ISO 8601 and old English to modern, one model | {measured} |")
     return "\n".join(rows)
 
 

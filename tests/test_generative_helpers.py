@@ -56,8 +56,10 @@ def test_sample_is_seeded_and_leaves_the_global_rng_alone():
 
 
 def test_the_maps_hold_measured_numbers():
-    table = gen.architecture_map_markdown(lm=(1525.0, 227.4), dates=(0.36, 70.9))
-    assert "1,525 -> 227" in table and "exact match 0.360, chrF 70.9" in table and "0.790-0.820" in table
+    table = gen.architecture_map_markdown(lm=(1525.0, 227.4), t2t={"date": {"exact match": 0.36, "chrF": 70.9},
+                                                                    "modernize": {"exact match": 0.5, "chrF": 88.0}})
+    assert "1,525 -> 227" in table and "date: exact match 0.360, chrF 70.9" in table and "0.790-0.820" in table
+    assert "modernize: exact match 0.500, chrF 88.0" in table
     variants = gen.modern_variants_markdown().splitlines()
     assert len(variants) == 2 + 5
     assert "46.7B parameters stored, 12.9B used per token" in variants[5]  # Mixtral 8x7B, counted on meta

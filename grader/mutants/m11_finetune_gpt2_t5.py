@@ -2,8 +2,8 @@
 
 Each is the reference's solution cell with one line changed (edit_mutant), so no solution is pasted here. The
 exact checks catch every one of them; the trained checks (perplexity after fine-tuning DistilGPT-2 on the
-learner's blocks, exact match of T5 trained on the learner's preprocessing) catch what breaks learning:
-calibration next to MAX_PPL_RATIO / MIN_DATE_EXACT_MATCH and in bench/generative_calibration.py.
+learner's blocks, exact match of T5 trained on the learner's preprocessing, per task) catch what breaks learning:
+calibration next to MAX_PPL_RATIO / MIN_EXACT_MATCH and in bench/generative_calibration.py.
 """
 
 from grader.mutants import edit_mutant
