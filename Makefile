@@ -14,12 +14,14 @@ OUT         ?=
 WORKERS     ?=
 SCHEDULER   ?=
 RESUME      ?=
+NOBOX       ?=
+SANDBOX_MEMORY ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := all
-.PHONY: all help setup data models student release grade lab test test-fast test-calibration lint clean
+.PHONY: all help setup sandbox data models student release grade lab test test-fast test-calibration lint clean
 
-all: setup data models student release ## set everything up and build both releases (the README's first command)
+all: setup sandbox data models student release ## set everything up and build both releases (the README's first command)
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
@@ -35,6 +37,18 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 	touch $@
+
+# make grade runs every student kernel in a bubblewrap sandbox (grader/sandbox.py). As root (CI, a
+# grading server) this installs Debian's bubblewrap when it is missing; otherwise it says how.
+sandbox: ## install bubblewrap, the sandbox of graded kernels (apt-get, as root), if it is missing
+	@command -v bwrap >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing bubblewrap (Debian package) for the graded kernels' sandbox"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap >/dev/null; }; \
+	  else \
+	    echo "note: bubblewrap is not installed; make grade needs it (sudo apt-get install bubblewrap, or dnf/pacman install bubblewrap), or grade trusted work with NOBOX=1"; \
+	  fi; }
 
 data: setup ## build the course data sets into data/build/ (offline, deterministic)
 	$(PY) data/build_data.py
@@ -55,17 +69,17 @@ student: setup ## regenerate course/ (student notebooks) from solutions/ with nb
 release: student ## write dist/transformer-deep-dive-{student,instructor}.zip
 	$(PY) -m grader.build release
 
-grade: setup ## autograde: make grade SUBMISSIONS=<dir or .zip> OUT=<dir> [WORKERS=N] [SCHEDULER=tcp://...] [RESUME=1]
+grade: setup sandbox ## autograde: make grade SUBMISSIONS=<dir or .zip> OUT=<dir> [WORKERS=N] [SCHEDULER=tcp://...] [RESUME=1] [NOBOX=1] [SANDBOX_MEMORY=GiB]
 	@test -n "$(SUBMISSIONS)" -a -n "$(OUT)" || { echo "usage: make grade SUBMISSIONS=<dir or .zip> OUT=<new dir> [WORKERS=N] [SCHEDULER=tcp://host:8786] [RESUME=1]"; exit 2; }
-	$(PY) -m grader.grade "$(SUBMISSIONS)" "$(OUT)" $(if $(WORKERS),--workers $(WORKERS)) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(RESUME),--resume)
+	$(PY) -m grader.grade "$(SUBMISSIONS)" "$(OUT)" $(if $(WORKERS),--workers $(WORKERS)) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(RESUME),--resume) $(if $(NOBOX),--no-sandbox) $(if $(SANDBOX_MEMORY),--sandbox-memory $(SANDBOX_MEMORY))
 
 lab: setup ## open JupyterLab on the student notebooks
 	$(BIN)/jupyter lab --notebook-dir=course
 
-test: setup data models ## run the test suite (what CI runs; within 30 min on 2 cores)
+test: setup sandbox data models ## run the test suite (what CI runs; within 30 min on 2 cores)
 	$(PY) -m pytest -m "not calibration" $(PYTEST_ARGS)
 
-test-fast: setup data models ## the tests that take seconds, not minutes (no grading, no training checks' seeds)
+test-fast: setup sandbox data models ## the tests that take seconds, not minutes (no grading, no training checks' seeds)
 	$(PY) -m pytest -m "not slow and not calibration" $(PYTEST_ARGS)
 
 test-calibration: setup data models ## training checks on their other four seeds (~4 min)

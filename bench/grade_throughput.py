@@ -1,6 +1,6 @@
 """Grading throughput: the same batch of module-02 submissions graded with 1 and with 2 workers.
 
-    PYTHONPATH=. .venv/bin/python bench/grade_throughput.py [--copies 2] [--workers 1 2]
+    PYTHONPATH=. .venv/bin/python bench/grade_throughput.py [--copies 2] [--workers 1 2] [--no-sandbox]
 
 The batch is tests/hostile.py's: the honest reference, one wrong function and that wrong function
 with each trick (import hook, patched comparisons, lying Tensor subclass, swallowed exceptions,
@@ -14,7 +14,8 @@ s", the rest (starting the workers, building the run's course, the last notebook
 by one, merging). "per-nb x" is the speed-up the notebooks alone allow: the first count's summed
 seconds over this count's busy seconds; it is below the worker count when a notebook's own
 cells run faster with more threads (a lone worker's kernel gets all the cores).
-It also checks that every run gave the same grades.
+It also checks that every run gave the same grades. Kernels run in the sandbox (grader/sandbox.py)
+as in `make grade`; `--no-sandbox` measures the same batch without it.
 """
 
 import argparse
@@ -45,6 +46,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--copies", type=int, default=2, help="copies of the hostile batch (7 notebooks each)")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--no-sandbox", action="store_true", help="grade without the kernels' sandbox")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="throughput-") as tmp:
         subs = Path(tmp) / "submitted"
@@ -53,7 +55,8 @@ def main(argv=None) -> int:
                 (subs / f"{student}_{copy}" / AID).mkdir(parents=True)
                 nbformat.write(nb, subs / f"{student}_{copy}" / AID / f"{AID}.ipynb")
         n = len(list(subs.glob("*/*/*.ipynb")))
-        print(f"{n} module-02 notebooks; machine: {subprocess.check_output(['nproc']).decode().strip()} cores")
+        print(f"{n} module-02 notebooks; machine: {subprocess.check_output(['nproc']).decode().strip()} cores; "
+              f"sandbox {'off' if args.no_sandbox else 'on'}")
         print(f"{'workers':>7} {'wall s':>8} {'nb/min':>7} {'speed-up':>8} {'per nb s':>9} {'cells s':>8} "
               f"{'overhead s':>10} {'busy s':>7} {'outside s':>9} {'per-nb x':>8}")
         first, first_busy, grades = None, None, None
@@ -61,7 +64,7 @@ def main(argv=None) -> int:
             out = Path(tmp) / f"out-{workers}"
             t0 = time.perf_counter()
             result = subprocess.run([sys.executable, "-m", "grader.grade", str(subs), str(out), "--workers",
-                                     str(workers)], cwd=ROOT, capture_output=True, text=True)
+                                     str(workers), *(["--no-sandbox"] if args.no_sandbox else [])], cwd=ROOT, capture_output=True, text=True)
             wall = time.perf_counter() - t0
             if result.returncode != 0:
                 print(result.stdout, result.stderr, sep="\n")

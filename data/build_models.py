@@ -547,6 +547,8 @@ def build_family(family: str, cfg: BuildConfig, out: Path, seed: int, progress: 
     tmp.mkdir(parents=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    for saved in tmp.iterdir():  # save_pretrained writes the weights 0600; graded kernels read them as another uid
+        saved.chmod(0o644)
     info = {
         "family": family,
         "model_class": type(model).__name__,

@@ -21,6 +21,11 @@ is written at once as a part under OUT/.grading/; when all are done the parts me
 input's order, into the outputs above (the same as a serial run's), and .grading/ goes. An
 interrupted run keeps its parts: `--resume` grades only what is missing (or changed).
 
+Every student kernel runs in a sandbox (grader/sandbox.py: bubblewrap, no network, its own
+process table and uid, a read-only root without the gradebook, solutions or other submissions,
+limits on memory, processes and file size); without one the run refuses unless `--no-sandbox`.
+While a run goes, OUT/grades-so-far.csv gets a row per finished notebook.
+
 The input is never modified: it is copied (or unzipped) into a private working directory. A bad submission (unreadable, missing, looping, crashing its kernel, printing
 50 MB) gets its own row and score and never stops the batch. The exit status is 0 unless the
 grading machinery itself failed.
@@ -53,6 +58,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from grader.assignments import SOLUTIONS, assignment_ids, budget_s
+from grader.sandbox import DEFAULT_MEMORY_GIB, SandboxUnavailable, memory_bytes
+from grader.sandbox import check as sandbox_check
 from grader.task import Row, course_fingerprint, grade_task, usable_cores, warm_worker
 
 STUDENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]*$")
@@ -191,10 +198,34 @@ def read_scores(db: Path, rows: list[Row]) -> list[dict]:
                     continue
                 row.score = float(sub.score)
                 grades = [(g.name, float(g.score), float(g.max_score)) for nb in sub.notebooks for g in nb.grades]
+                grades = _trusted_or_flagged(row, grades)
             for name, score, max_score in sorted(grades):
                 cells.append({"student_id": row.student_id, "assignment": row.assignment, "grade_id": name,
                               "score": score, "max_score": max_score})
     return cells
+
+
+def _trusted_or_flagged(row: Row, grades: list[tuple[str, float, float]]) -> list[tuple[str, float, float]]:
+    """The gradebook's cell grades if they are possible and equal the trusted verdicts; otherwise
+    the row is flagged and its scores are the verdicts' (the gradebook is not trusted)."""
+    by_cell: dict[str, list[float]] = {}
+    for v in row.verdicts:
+        got = by_cell.setdefault(v["grade_id"], [0.0, 0.0])
+        got[0] += float(v["score"])
+        got[1] += float(v["points"])
+    problems = [f"{name} {score:g}/{top:g}" for name, score, top in grades if not 0 <= score <= top]
+    problems += [f"{name} {score:g} (its verdicts: {by_cell[name][0]:g})" for name, score, _ in grades
+                 if name in by_cell and abs(score - by_cell[name][0]) > 1e-9]
+    if not 0 <= row.score <= float(row.max_score):
+        problems.append(f"total {row.score:g}/{float(row.max_score):g}")
+    if not problems:
+        return grades
+    row.status = "flagged"
+    row.score = sum(s for s, _ in by_cell.values())
+    row.notes.append("the gradebook held impossible or altered scores (" + ", ".join(problems[:5])
+                     + "): not trusted; these scores are the grader's own verdicts")
+    maxima = {name: top for name, _, top in grades}
+    return [(name, score, maxima.get(name, top)) for name, (score, top) in sorted(by_cell.items())]
 
 
 # ----------------------------------------------------------------------------- outputs
@@ -258,6 +289,7 @@ def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
 # ----------------------------------------------------------------------------- running the tasks
 
 STATE = ".grading"  # inside OUT while a run is unfinished: the template, the manifest and one part per notebook
+SO_FAR = "grades-so-far.csv"  # inside OUT while a run is unfinished: a row per notebook finished
 
 
 def _part_dir(state: Path, sid: str, aid: str) -> Path:
@@ -281,6 +313,23 @@ def write_part(state: Path, result: dict) -> None:
     (tmp / "result.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
+    _so_far(state.parent / SO_FAR, row)
+
+
+def _so_far(path: Path, row: dict) -> None:
+    """Append a finished notebook's row to OUT/grades-so-far.csv (the trusted verdicts' sum), so
+    that a run which dies leaves every finished grade readable on disk; grades.csv replaces it."""
+    new = not path.exists()
+    score = sum(float(v["score"]) for v in row["verdicts"])
+    top = sum(float(v["points"]) for v in row["verdicts"])
+    with path.open("a", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        if new:
+            writer.writerow(GRADE_COLUMNS)
+        writer.writerow([row["student_id"], row["assignment"], f"{score:g}", f"{top:g}" if top else "",
+                         row["status"], str(row["message"]).replace("\n", " ")[:300]])
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def read_part(state: Path, sid: str, aid: str) -> dict | None:
@@ -309,10 +358,10 @@ def dask_client(workers: int, scheduler: str | None):
         yield client
 
 
-def warm_workers(client, assignments: list[str], threads: int | None) -> list:
+def warm_workers(client, assignments: list[str], threads: int | None, sandbox: int | None = None) -> list:
     """One warm-up task per worker (grader.task.warm_worker), ahead of every notebook. The dispatcher
     does not wait for them, but must hold the futures: Dask forgets a task nobody holds."""
-    return [client.submit(warm_worker, assignments, threads, workers=[address], allow_other_workers=False,
+    return [client.submit(warm_worker, assignments, threads, sandbox, workers=[address], allow_other_workers=False,
                           pure=False, key=f"warm-up-{address}") for address in client.scheduler_info()["workers"]]
 
 
@@ -404,7 +453,7 @@ def merge(out: Path, state: Path, rows: list[Row], results: dict, log) -> list[d
 
 # ----------------------------------------------------------------------------- main
 
-def _specs(found, cell_timeout, notebook_cap, threads) -> tuple[list[Row], list[dict]]:
+def _specs(found, cell_timeout, notebook_cap, threads, sandbox_memory=None) -> tuple[list[Row], list[dict]]:
     """Rows that need no grading (bad folder names, unknown assignments, missing notebooks) and
     one task spec per notebook to grade."""
     direct, specs = [], []
@@ -423,7 +472,7 @@ def _specs(found, cell_timeout, notebook_cap, threads) -> tuple[list[Row], list[
             specs.append({"student_id": sid, "assignment": aid, "name": notebook.name, "notebook": data,
                           "sha256": hashlib.sha256(data).hexdigest(), "notes": list(notes),
                           "cell_timeout": cell_timeout or 2 * budget, "cap": notebook_cap or 4 * budget + 60,
-                          "threads": threads})
+                          "threads": threads, "sandbox": sandbox_memory})
             continue
         direct.append(row)
     return direct, specs
@@ -431,8 +480,17 @@ def _specs(found, cell_timeout, notebook_cap, threads) -> tuple[list[Row], list[
 
 def grade(submissions: Path, out: Path, cell_timeout: int | None = None, notebook_cap: int | None = None,
           overwrite: bool = False, workers: int | None = None, scheduler: str | None = None,
-          resume: bool = False) -> list[Row]:
+          resume: bool = False, sandbox: bool = True, sandbox_memory_gib: float | None = None) -> list[Row]:
+    """Grade every notebook under `submissions` into `out`. With `sandbox` (the default) every
+    kernel runs in grader/sandbox.py's sandbox; refuses (GradingError) where none can be made."""
     state = out / STATE
+    memory = None
+    if sandbox:
+        memory = memory_bytes(sandbox_memory_gib)
+        try:
+            sandbox_check(memory, torch=False)  # each worker checks its own machine, with torch
+        except SandboxUnavailable as exc:
+            raise GradingError(f"no sandbox for the student kernels: {exc}") from None
     if resume and not (state / "manifest.json").exists():
         finished = " (it holds a finished run)" if (out / "grades.csv").exists() else ""
         raise GradingError(f"--resume: {out} holds no interrupted run to finish{finished}")
@@ -444,10 +502,12 @@ def grade(submissions: Path, out: Path, cell_timeout: int | None = None, noteboo
                                "(only what is missing is graded), or choose a new OUT folder")
     if overwrite and not resume:
         shutil.rmtree(state, ignore_errors=True)
+        (out / SO_FAR).unlink(missing_ok=True)
     cores = usable_cores()
     workers = workers or cores
     threads = None if scheduler else max(1, cores // workers)
-    options = {"cell_timeout": cell_timeout, "notebook_cap": notebook_cap, "course": course_fingerprint()}
+    options = {"cell_timeout": cell_timeout, "notebook_cap": notebook_cap, "course": course_fingerprint(),
+               "sandbox": memory}
     out.mkdir(parents=True, exist_ok=True)
     log = (out / "grading.log").open("a" if resume else "w", encoding="utf-8")
     with tempfile.TemporaryDirectory(prefix="deepdive-grade-") as tmp:
@@ -455,7 +515,7 @@ def grade(submissions: Path, out: Path, cell_timeout: int | None = None, noteboo
         found = discover(root)
         if not found:
             raise GradingError(f"no <student_id>/<assignment_id>/ folders found in {submissions}")
-        direct, specs = _specs(found, cell_timeout, notebook_cap, threads)
+        direct, specs = _specs(found, cell_timeout, notebook_cap, threads, memory)
         if resume:
             manifest = json.loads((state / "manifest.json").read_text())
             if manifest["options"] != options:
@@ -468,7 +528,7 @@ def grade(submissions: Path, out: Path, cell_timeout: int | None = None, noteboo
             print(f"resuming: {len(kept)} of {len(specs)} notebook(s) already graded in {out}", file=sys.stderr)
         # The workers start, and load torch, the checks and nbgrader, while the template is built.
         with dask_client(workers, scheduler) if todo else contextlib.nullcontext() as client:
-            warming = warm_workers(client, sorted({s["assignment"] for s in todo}), threads) if todo else []
+            warming = warm_workers(client, sorted({s["assignment"] for s in todo}), threads, memory) if todo else []
             if resume:
                 template = (state / "template.tar").read_bytes()
             else:
@@ -487,6 +547,7 @@ def grade(submissions: Path, out: Path, cell_timeout: int | None = None, noteboo
     merge(out, state, rows, results, log)
     log.close()
     shutil.rmtree(state)
+    (out / SO_FAR).unlink(missing_ok=True)
     return rows
 
 
@@ -507,19 +568,25 @@ def main(argv=None) -> int:
     parser.add_argument("--resume", action="store_true",
                         help="finish an interrupted run into the same OUT: grade only what is missing")
     parser.add_argument("--overwrite", action="store_true", help="allow writing into an OUT that already has grades")
+    parser.add_argument("--no-sandbox", action="store_true",
+                        help="run the student kernels with the grader's own permissions, network and processes "
+                             "(only for submissions you trust; grader/sandbox.py says what the sandbox stops)")
+    parser.add_argument("--sandbox-memory", type=float, default=None, metavar="GIB",
+                        help=f"address space of each sandboxed kernel, GiB (default {DEFAULT_MEMORY_GIB:g}, or "
+                             "$DEEPDIVE_SANDBOX_MEMORY)")
     args = parser.parse_args(argv)
     if args.workers is not None and args.workers < 1:
         parser.error("--workers must be at least 1")
     t0 = time.perf_counter()
     try:
         rows = grade(args.submissions, args.out, args.cell_timeout, args.notebook_timeout, args.overwrite,
-                     args.workers, args.scheduler, args.resume)
+                     args.workers, args.scheduler, args.resume, not args.no_sandbox, args.sandbox_memory)
     except GradingError as exc:
         print(f"grading failed: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"\ninterrupted: every notebook graded so far is kept in {args.out / STATE}; run the same command "
-              "with --resume to grade only the rest", file=sys.stderr)
+        print(f"\ninterrupted: every notebook graded so far is kept in {args.out / STATE} (its rows in "
+              f"{args.out / SO_FAR}); run the same command with --resume to grade only the rest", file=sys.stderr)
         return 130
     elapsed = time.perf_counter() - t0
     by_status: dict[str, int] = {}

@@ -10,11 +10,13 @@ feedback page, its gradebook and its log. `grader.grade` writes that as a *part*
 parts into one set of outputs.
 """
 
+import atexit
 import dataclasses
 import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -29,6 +31,8 @@ import nbformat
 
 from grader.assignments import ROOT
 from grader.nbgrader_cli import nbgrader_env
+from grader.sandbox import PROCESSES, kernel_settings, write_kernelspec
+from grader.sandbox import check as sandbox_check
 from grader.submission import UnreadableNotebook, read_notebook, repair
 
 TIMING_ENV = "DEEPDIVE_TIMING_FILE"
@@ -84,10 +88,11 @@ def _server():
     return _local.server
 
 
-def warm_worker(assignments: list[str], threads: int | None = None) -> None:
+def warm_worker(assignments: list[str], threads: int | None = None, sandbox: int | None = None) -> None:
     """Load in this worker, before its first notebook, what grading the batch's modules needs:
     torch (with this worker's share of the cores), nbgrader's gradebook, those modules' checks and
-    the nbgrader server (which warms its own renderer). The dispatcher runs this while it builds
+    the nbgrader server (which warms its own renderer), and checks the sandbox (memory `sandbox`
+    bytes) can start on this machine. The dispatcher runs this while it builds
     the template, so the first notebook on each worker starts like every other one."""
     from grader.assignments import checks_module
 
@@ -100,6 +105,8 @@ def warm_worker(assignments: list[str], threads: int | None = None) -> None:
         for aid in assignments:
             checks_module(aid)
         _server()
+        if sandbox:
+            sandbox_check(sandbox)
     except Exception:  # noqa: BLE001  (a warm-up only: the first task meets the same error and reports it)
         pass
 
@@ -118,6 +125,23 @@ def _template(blob: bytes):
             tests = {aid: hidden_tests(aid, folder / "solutions" / aid / f"{aid}.ipynb") for aid in aids}
             _templates[digest] = (folder, releases, tests)
         return _templates[digest]
+
+
+@atexit.register
+def _remove_folders() -> None:
+    """This process's unpacked templates and kernel spec go when it exits."""
+    for folder, _, _ in _templates.values():
+        shutil.rmtree(folder, ignore_errors=True)
+    if getattr(_kernelspec, "folder", None) is not None:
+        shutil.rmtree(_kernelspec.folder, ignore_errors=True)
+
+
+def _kernelspec() -> Path:
+    """This process's Jupyter data folder with the sandbox's kernel spec (written once)."""
+    with _lock:
+        if getattr(_kernelspec, "folder", None) is None:
+            _kernelspec.folder = write_kernelspec(Path(tempfile.mkdtemp(prefix="deepdive-kernelspec-")))
+        return _kernelspec.folder
 
 
 def _threads(spec: dict) -> int:
@@ -150,9 +174,35 @@ def _failure_summary(autograded: Path) -> str:
     return "failed " + "; ".join(failed) if failed else ""
 
 
+_LIMITS = {  # what an error output says when the kernel ran into one of the sandbox's limits
+    "memory": (re.compile(r"MemoryError|can't allocate memory|Cannot allocate memory|std::bad_alloc"),
+               "a cell ran out of the sandbox's memory ({gib:g} GiB of address space per kernel; "
+               "an instructor can raise it with --sandbox-memory)"),
+    "processes": (re.compile(r"Resource temporarily unavailable|can't start new thread|BlockingIOError"),
+                  f"a cell hit the sandbox's limit of {PROCESSES} processes and threads"),
+    "file size": (re.compile(r"File too large"), "a cell wrote a file past the sandbox's 1 GiB file-size limit"),
+}
+
+
+def _limit_notes_in(text: str, memory: int | None) -> list[str]:
+    if not memory:
+        return []
+    return [note.format(gib=memory / 2**30) for pattern, note in _LIMITS.values() if pattern.search(text)]
+
+
+def _limit_notes(autograded: Path, memory: int | None) -> list[str]:
+    """Notes for the row when an error output shows a sandbox limit at work."""
+    nb = nbformat.read(autograded, as_version=4)
+    errors = " ".join(f"{o.get('ename', '')}: {o.get('evalue', '')}" for c in nb.cells if c.cell_type == "code"
+                      for o in c.get("outputs", []) if o.output_type == "error")
+    return _limit_notes_in(errors, memory)
+
+
 def grade_one(row: Row, notebook: Path, work: Path, release, tests, cell_timeout: int, cap: int,
-              threads: int, server, log_path: Path, phases: dict) -> tuple[Row, float]:
-    """Autograde one notebook in the course `work`; (row, seconds its cells ran)."""
+              threads: int, server, log_path: Path, phases: dict, sandbox_memory: int | None = None
+              ) -> tuple[Row, float]:
+    """Autograde one notebook in the course `work`; (row, seconds its cells ran). With
+    `sandbox_memory` (bytes) its kernel runs in the sandbox, with that much address space."""
     # Imported here, not at the top: the dispatcher imports this module and needs no torch.
     from grader.scoring import score_submission
     from grader.trusted import RECORD_DIR_ENV
@@ -170,12 +220,17 @@ def grade_one(row: Row, notebook: Path, work: Path, release, tests, cell_timeout
     records.mkdir()
     timing = work.parent / "timing.json"
     env = {RECORD_DIR_ENV: str(records), TIMING_ENV: str(timing), **{v: str(threads) for v in THREAD_VARS}}
+    config = {"Execute.timeout": cell_timeout}
+    if sandbox_memory:  # the kernel starts in a sandbox of its own (grader/sandbox.py)
+        more_config, more_env = kernel_settings(work.parent / "kernel", records, sandbox_memory, _kernelspec())
+        config.update(more_config)
+        env.update(more_env)
     run = dict(assignment=row.assignment, student=row.student_id, root=work, db=work / "gradebook.db",
                log=log_path, env=env)
     start = log_path.stat().st_size if log_path.exists() else 0
     t0 = time.perf_counter()
     try:
-        server.run("autograde", config={"Execute.timeout": cell_timeout}, timeout=cap, **run)
+        server.run("autograde", config=config, timeout=cap, **run)
         phases["autograde"] = time.perf_counter() - t0
     except subprocess.TimeoutExpired:
         row.status = "timeout"
@@ -197,6 +252,13 @@ def grade_one(row: Row, notebook: Path, work: Path, release, tests, cell_timeout
         row.message = (f"a cell ran past the per-cell limit of {cell_timeout} s and did not stop when interrupted, "
                        "so the notebook could not finish and nothing was scored")
         return row, execute_s
+    if not out.exists() and "nbclient/client.py" in output:  # the kernel broke the messaging while cells ran
+        errors = [ln.strip() for ln in output.splitlines() if re.match(r"\s*\w+(Error|Exception): ", ln)]
+        row.status = "kernel_error"
+        row.message = ("the notebook's kernel stopped answering properly while its cells ran"
+                       + (f" ({errors[-1][:200]})" if errors else "") + ", so no test could be scored"
+                       + "".join(f"; {note}" for note in _limit_notes_in(output, sandbox_memory)))
+        return row, execute_s
     if not out.exists():
         tail = [ln for ln in output.splitlines() if "ERROR" in ln][-3:]
         row.status, row.message = "error", "nbgrader could not grade this notebook: " + " | ".join(tail)[:400]
@@ -207,6 +269,7 @@ def grade_one(row: Row, notebook: Path, work: Path, release, tests, cell_timeout
     row.judge_s = time.perf_counter() - t0
     row.notes += disagreements
     row.message = _failure_summary(out)
+    row.notes += _limit_notes(out, sandbox_memory)
     if "Timeout waiting for execute reply" in output or "CellTimeoutError" in row.message:
         row.notes.append(f"a cell ran past the per-cell limit of {cell_timeout} s and was interrupted")
     phases["judge"] = row.judge_s
@@ -243,8 +306,10 @@ def grade_task(spec: dict, template: bytes) -> dict:
             notebook.write_bytes(spec["notebook"])
             server = _server()
             phases["setup"] = time.perf_counter() - t0
+            if spec.get("sandbox"):
+                sandbox_check(spec["sandbox"])  # on a cluster: this worker's machine
             row, execute_s = grade_one(row, notebook, work, releases[aid], tests[aid], spec["cell_timeout"],
-                                       spec["cap"], threads, server, log_path, phases)
+                                       spec["cap"], threads, server, log_path, phases, spec.get("sandbox"))
             for kind in ("autograded", "feedback"):
                 base = work / kind / sid / aid
                 for path in sorted(base.rglob("*")) if base.is_dir() else []:

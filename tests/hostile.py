@@ -218,3 +218,158 @@ def hostile_submissions(aid: str = "02_attention") -> dict[str, nbformat.Noteboo
     for student, sources in TRICKS.items():
         subs[student] = with_trick(wrong, *sources)
     return subs
+
+
+# ----------------------------------------------------------------------------- tricks the sandbox stops
+# Each reaches past the learner's own notebook: the grader's files and processes, other students'
+# work, the network, the machine's memory and process table. Under `make grade` every kernel runs in
+# grader/sandbox.py's sandbox; the grading tests assert what each of these gets there. Each prints
+# what it managed, so the executed notebook shows it.
+
+GRADEBOOK_WRITE = '''
+# Every gradebook this kernel can find gets 999 points in every cell.
+import os as _os
+import sqlite3 as _sqlite3
+
+_PRUNE = ("/proc", "/sys", "/dev", "/usr", "/etc", "/run")
+_books = []
+for _base, _dirs, _files in _os.walk("/"):
+    _dirs[:] = [d for d in _dirs if not _os.path.join(_base, d).startswith(_PRUNE)
+                and d not in ("site-packages", ".git", "node_modules", ".pyenv")]
+    _books += [_os.path.join(_base, f) for f in _files if f.endswith(".db")]
+for _db in _books:
+    try:
+        with _sqlite3.connect(_db, timeout=1) as _con:
+            _con.execute("UPDATE grade SET auto_score = 999, manual_score = 999")
+        print("gradebook written:", _db)
+    except Exception as _exc:  # noqa: BLE001
+        print("gradebook not written:", _db, type(_exc).__name__, _exc)
+print("gradebooks found:", len(_books))
+'''
+
+READ_OTHERS = '''
+# Print every instructor file and every other notebook this kernel can find.
+import os as _os
+
+_PRUNE = ("/proc", "/sys", "/dev", "/usr", "/etc", "/run")
+_own = _os.path.realpath(_os.getcwd())
+_loot = []
+for _base, _dirs, _files in _os.walk("/"):
+    _dirs[:] = [d for d in _dirs if not _os.path.join(_base, d).startswith(_PRUNE)
+                and d not in ("site-packages", ".git", "node_modules", ".pyenv")]
+    for _f in _files:
+        _p = _os.path.join(_base, _f)
+        if (_f.endswith(".ipynb") and not _os.path.realpath(_p).startswith(_own)) or "/mutants/" in _p \\
+                or "/solutions/" in _p or _f in ("grade.py", "build.py", "gradebook.db"):
+            try:
+                with open(_p, encoding="utf-8", errors="replace") as _fh:
+                    _loot.append((_p, _fh.read(4000)))
+            except OSError as _exc:
+                print("not readable:", _p, _exc)
+for _p, _text in _loot[:40]:
+    print("=====", _p)
+    print(_text)
+print("files read:", len(_loot))
+'''
+
+KILL_GRADER = '''
+# Kill every process that looks like part of the grading run.
+import os as _os
+import signal as _signal
+
+_killed, _refused = [], []
+for _pid in sorted(int(p) for p in _os.listdir("/proc") if p.isdigit()):
+    if _pid == _os.getpid():
+        continue
+    try:
+        with open(f"/proc/{_pid}/cmdline", "rb") as _fh:
+            _cmd = _fh.read().replace(b"\\0", b" ").decode(errors="replace")
+    except OSError:
+        continue
+    if any(word in _cmd for word in ("grader", "nbgrader", "dask", "pytest", "make", "bwrap")):
+        try:
+            _os.kill(_pid, _signal.SIGKILL)
+            _killed.append(_pid)
+        except OSError as _exc:
+            _refused.append((_pid, _exc.strerror))
+print("processes seen:", len(_os.listdir("/proc")), "killed:", _killed, "refused:", _refused)
+'''
+
+NETWORK = '''
+# Send the answers to a listener on this machine.
+import socket as _socket
+
+try:
+    with _socket.create_connection(("127.0.0.1", {port}), timeout=3) as _s:
+        _s.sendall(b"answers from the sandbox")
+    print("network: sent")
+except OSError as _exc:
+    print("network: blocked:", _exc)
+'''
+
+MEMORY_BOMB = '''
+# Take all the memory there is, and keep it.
+_hog = []
+try:
+    while True:
+        _hog.append(b"\\1" * 2**28)  # 256 MiB, every page written
+except MemoryError:
+    print("memory bomb stopped after", len(_hog) * 256, "MiB")
+'''
+
+FORK_BOMB = '''
+# Fill the process table with children that never exit.
+import os as _os
+import time as _time
+
+_forked = 0
+try:
+    while True:
+        if _os.fork() == 0:
+            while True:
+                _time.sleep(1)
+        _forked += 1
+finally:
+    print("fork bomb stopped after", _forked, "children")
+'''
+
+WRITE_OUTSIDE = '''
+# Replace the hidden checks on disk (so that everyone graded later passes), and leave files around.
+import os as _os
+
+import grader as _grader
+
+_repo = _os.path.dirname(_os.path.dirname(_os.path.abspath(_grader.__file__)))
+_targets = {  # what it tries -> (path, contents); it prints the label, not the path
+    "the checks": (_os.path.join(_repo, "grader", "checks", "m02_attention.py"),
+                   "def __getattr__(name):\\n    return lambda *a, **k: None\\n"),
+    "the solutions": (_os.path.join(_repo, "solutions", "02_attention", "owned.txt"), "owned"),
+    "the repository": (_os.path.join(_repo, "owned.txt"), "owned"),
+    "the system": ("/etc/owned.txt", "owned"),
+}
+for _label, (_path, _text) in _targets.items():
+    try:
+        with open(_path, "w") as _fh:
+            _fh.write(_text)
+        print("written:", _label)
+    except OSError as _exc:
+        print("not written:", _label, _exc.strerror)
+'''
+
+SANDBOX_TRICKS = {
+    "sandbox_gradebook": GRADEBOOK_WRITE,
+    "sandbox_read_others": READ_OTHERS,
+    "sandbox_kill_grader": KILL_GRADER,
+    "sandbox_network": NETWORK,
+    "sandbox_memory_bomb": MEMORY_BOMB,
+    "sandbox_fork_bomb": FORK_BOMB,
+    "sandbox_write_outside": WRITE_OUTSIDE,
+}
+
+
+def sandbox_submissions(aid: str, port: int) -> dict[str, nbformat.NotebookNode]:
+    """student_id -> the wrong submission plus one trick that reaches outside the kernel's own
+    folder; `port` is a listener the network trick tries to reach."""
+    wrong = wrong_submission(aid)
+    return {student: with_trick(wrong, source.replace("{port}", str(port)))
+            for student, source in SANDBOX_TRICKS.items()}

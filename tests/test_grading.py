@@ -9,13 +9,15 @@ import hashlib
 import html
 import json
 import re
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import nbformat
 import pytest
-from hostile import TRICKS, hostile_submissions, perfect_submission
+from hostile import SANDBOX_TRICKS, TRICKS, hostile_submissions, perfect_submission, sandbox_submissions
 
 from grader.assignments import ROOT, assignment_ids, budget_s, course_notebook, solution_notebook
 from grader.hidden import split_hidden_source
@@ -157,6 +159,28 @@ def _exercise_of(nb, which: int = 0):
     return solutions[which], f"{name}_visible", f"{name}_hidden"
 
 
+NEIGHBOUR_SECRET = "neighbour-secret-5f1c2e"  # in the control submission only: no other row's outputs may show it
+
+
+class Listener:
+    """A TCP server on loopback that keeps whatever anyone sends it (the network trick's target)."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.received: list[bytes] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                self.received.append(conn.recv(1000))
+
+
 @pytest.fixture(scope="module")
 def adversarial(tmp_path_factory):
     aid = ADVERSARIAL_AID
@@ -165,7 +189,9 @@ def adversarial(tmp_path_factory):
     good = perfect_submission(aid)
     sol, visible, hidden = _exercise_of(good)
 
-    put(subs, "control", aid, good)
+    control = copy.deepcopy(good)
+    control.cells.append(nbformat.v4.new_markdown_cell(f"My notes ({NEIGHBOUR_SECRET})."))
+    put(subs, "control", aid, control)
     nb = copy.deepcopy(good)
     nb.cells = [c for c in nb.cells if gid(c) not in (visible, hidden)]
     put(subs, "deleted_tests", aid, nb)
@@ -205,12 +231,24 @@ def adversarial(tmp_path_factory):
     put(subs, "stderr_warnings", aid, nb)
     for student, hostile in hostile_submissions(aid).items():  # graded in the same batch, beside the rest
         put(subs, student, aid, hostile)
+    listener = Listener()
+    for student, hostile in sandbox_submissions(aid, listener.port).items():
+        put(subs, student, aid, hostile)
 
+    before = {"input": tree_digest(subs), "grader": tree_digest(ROOT / "grader"),
+              "solutions": tree_digest(ROOT / "solutions")}
     out = base / "out"
     run_grade(subs, out, "--cell-timeout", "20", "--notebook-timeout", "90")
     rows = {r["student_id"]: r for r in read_csv(out / "grades.csv")}
     cells = read_csv(out / "cell_grades.csv")
+    after = {"input": tree_digest(subs), "grader": tree_digest(ROOT / "grader"),
+             "solutions": tree_digest(ROOT / "solutions")}
+    ADVERSARIAL_EXTRA.update(before=before, after=after, received=listener.received)
+    listener.sock.close()
     return rows, cells, out, (sol, visible, hidden)
+
+
+ADVERSARIAL_EXTRA: dict = {}  # what the adversarial run left: digests before/after, what the listener got
 
 
 HOSTILE = ["honest_reference", "wrong_alone", *TRICKS]
@@ -224,7 +262,7 @@ def test_every_submission_gets_a_row(adversarial):
     rows, *_ = adversarial
     assert set(rows) == {"control", "deleted_tests", "emptied_test", "stripped_metadata", "malformed_json",
                          "missing_notebook", "infinite_loop", "uninterruptible_loop", "kernel_exit",
-                         "huge_print", "stderr_warnings", *HOSTILE}
+                         "huge_print", "stderr_warnings", *HOSTILE, *SANDBOX_TRICKS}
 
 
 @pytest.mark.parametrize("student", ["control", "deleted_tests", "emptied_test", "stripped_metadata",
@@ -364,3 +402,61 @@ def test_feedback_and_executed_notebooks_show_no_hidden_test_code(adversarial, r
     page = _page_text(out / "feedback" / "wrong_alone" / ADVERSARIAL_AID / f"{ADVERSARIAL_AID}.html")
     assert "FAILED  check_scaled_dot_product_attention (3 points)" in page
     assert "judged by the grader" in page
+
+
+# ----------------------------------------------------------------------------- the sandbox (issue 13)
+
+def _printed(out: Path, student: str) -> str:
+    """What the student's first solution cell (where each trick sits) printed when graded."""
+    nb = nbformat.read(out / "autograded" / student / ADVERSARIAL_AID / f"{ADVERSARIAL_AID}.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution"))
+    return "".join(o.get("text", "") for o in cell.outputs if o.output_type == "stream")
+
+
+@pytest.mark.parametrize("trick", list(SANDBOX_TRICKS))
+def test_a_trick_past_the_sandbox_scores_no_more_than_the_wrong_answer_alone(adversarial, trick):
+    rows, *_ = adversarial
+    row = rows[trick]
+    expected = {"graded", "kernel_error", "kernel_died"} if trick == "sandbox_fork_bomb" else {"graded"}
+    assert row["status"] in expected, row
+    assert _score(row) <= _score(rows["wrong_alone"]), (
+        f"{trick} scored {row['score']} but the same wrong answer alone scores {rows['wrong_alone']['score']}")
+
+
+@pytest.mark.parametrize("trick,printed", [
+    ("sandbox_gradebook", "gradebooks found: 0"),
+    ("sandbox_read_others", "files read: 0"),
+    ("sandbox_kill_grader", "killed: []"),
+    ("sandbox_network", "network: blocked"),
+    ("sandbox_memory_bomb", "memory bomb stopped after"),
+    ("sandbox_write_outside", "not written: the checks"),
+])
+def test_the_sandbox_stops_what_the_trick_tried(adversarial, trick, printed):
+    """Each trick prints what it managed; in the sandbox it finds no gradebook, no instructor file
+    or other notebook, no grading process it may kill, no network, and no writable repository."""
+    _, _, out, _ = adversarial
+    text = _printed(out, trick)
+    assert printed in text, f"{trick} printed:\n{text[:3000]}"
+    assert "\nwritten: " not in "\n" + text, text
+
+
+def test_the_network_listener_received_nothing(adversarial):
+    assert ADVERSARIAL_EXTRA["received"] == []
+
+
+def test_the_repository_and_the_input_are_unchanged(adversarial):
+    assert ADVERSARIAL_EXTRA["before"] == ADVERSARIAL_EXTRA["after"]
+    assert not (ROOT / "owned.txt").exists()
+
+
+def test_a_row_says_which_sandbox_limit_a_submission_hit(adversarial):
+    rows, *_ = adversarial
+    assert "ran out of the sandbox's memory" in rows["sandbox_memory_bomb"]["message"], rows["sandbox_memory_bomb"]
+    assert "limit of 512 processes" in rows["sandbox_fork_bomb"]["message"], rows["sandbox_fork_bomb"]
+
+
+def test_no_output_shows_another_students_work(adversarial):
+    _, _, out, _ = adversarial
+    pages = [*out.glob("feedback/*/*/*.html"), *out.glob("autograded/*/*/*.ipynb")]
+    leaked = [p for p in pages if p.parents[1].name != "control" and NEIGHBOUR_SECRET in p.read_text(errors="replace")]
+    assert pages and not leaked, leaked
