@@ -244,8 +244,11 @@ def grade_one(row: Row, notebook: Path, work: Path, release, tests, cell_timeout
     out = work / "autograded" / row.student_id / row.assignment / f"{row.assignment}.ipynb"
     if "Kernel died" in output or "DeadKernelError" in output:
         row.status = "kernel_died"
-        row.message = ("the Python kernel died while the notebook ran (exit(), os._exit(), a crash or running out "
-                       "of memory), so no test could be scored. Kernel > Restart & Run All reproduces it")
+        cause = ("a crash or running out of memory" if not sandbox_memory else
+                 f"a crash, or one of the sandbox's limits: {sandbox_memory / 2**30:g} GiB of memory, {PROCESSES} "
+                 "processes and threads")
+        row.message = (f"the Python kernel died while the notebook ran (exit(), os._exit(), {cause}), so no test "
+                       "could be scored. Kernel > Restart & Run All reproduces it")
         return row, execute_s
     if not out.exists() and "CellTimeoutError" in output:
         row.status = "timeout"

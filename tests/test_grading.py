@@ -455,7 +455,9 @@ def test_a_row_says_which_sandbox_limit_a_submission_hit(adversarial):
     rows, *_ = adversarial
     assert "ran out of the sandbox's memory (4 GiB" in rows["sandbox_memory_bomb"]["message"], rows["sandbox_memory_bomb"]
     assert "per-cell limit" not in rows["sandbox_memory_bomb"]["message"], rows["sandbox_memory_bomb"]
-    assert "limit of 512 processes" in rows["sandbox_fork_bomb"]["message"], rows["sandbox_fork_bomb"]
+    # The bomb's kernel, starved of process slots, either reports the error, breaks its messages or dies
+    # (all three seen in CI); whichever it does, the row names the process limit.
+    assert "512 processes" in rows["sandbox_fork_bomb"]["message"], rows["sandbox_fork_bomb"]
 
 
 def test_no_output_shows_another_students_work(adversarial):
