@@ -182,15 +182,19 @@ def test_torchrun_finds_its_own_host_inside(tmp_path):
     """Module 09 runs `torchrun --nproc_per_node=2`: its rendezvous looks up the sandbox's hostname,
     which must resolve to the sandbox's own loopback (there is no DNS and no other interface)."""
     seen = run_inside("""
-        import socket, subprocess, sys
+        import os, socket, subprocess, sys
+        # each rank writes its own file: two ranks printing to one pipe interleave their characters
         open("ddp.py", "w").write("import torch.distributed as d\\nd.init_process_group('gloo')\\n"
-                                  "print('rank', d.get_rank(), 'of', d.get_world_size())\\nd.destroy_process_group()\\n")
+                                  "r, n = d.get_rank(), d.get_world_size()\\n"
+                                  "open(f'rank{r}.txt', 'w').write(f'rank {r} of {n}')\\nd.destroy_process_group()\\n")
         proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "ddp.py"],
                               capture_output=True, text=True, timeout=60)
-        result = {"host": socket.gethostbyname(socket.gethostname()), "rc": proc.returncode, "out": proc.stdout}
+        ranks = sorted(open(f).read() for f in ("rank0.txt", "rank1.txt") if os.path.exists(f))
+        result = {"host": socket.gethostbyname(socket.gethostname()), "rc": proc.returncode, "ranks": ranks,
+                  "err": proc.stderr[-2000:]}
     """, tmp_path, memory_gib=8.0)
     assert seen["host"] == "127.0.0.1"
-    assert seen["rc"] == 0 and "rank 0 of 2" in seen["out"] and "rank 1 of 2" in seen["out"], seen
+    assert seen["rc"] == 0 and seen["ranks"] == ["rank 0 of 2", "rank 1 of 2"], seen
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="as another user the kernel keeps that user's permissions")
