@@ -11,7 +11,10 @@ OUT receives:
     verdicts.csv        one row per hidden check: points, score, verdict, what the kernel showed, message
     feedback/<student_id>/<assignment_id>/<assignment_id>.html
     autograded/...      the executed notebooks, as nbgrader left them
-    timing.csv          per notebook: wall seconds, seconds its cells ran, the difference (machinery)
+    timing.csv          per notebook: wall seconds, seconds its cells ran, the difference (machinery),
+                        its worker and when it started (seconds after the run began; negative for a
+                        notebook an earlier, interrupted run graded); grading.log's last line splits
+                        the run's own time (workers and template, grading, stopping, merging)
     score_distribution.png, gradebook.db, grading.log
 
 Each notebook is one task (grader/task.py), graded in its own private nbgrader course by a Dask
@@ -66,7 +69,8 @@ STUDENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]*$")
 GRADE_COLUMNS = ["student_id", "assignment", "score", "max_score", "status", "message"]
 CELL_COLUMNS = ["student_id", "assignment", "grade_id", "score", "max_score"]
 VERDICT_COLUMNS = ["student_id", "assignment", "grade_id", "check", "points", "score", "verdict", "kernel", "message"]
-TIMING_COLUMNS = ["student_id", "assignment", "status", "wall_s", "execute_s", "overhead_s", "judge_s"]
+TIMING_COLUMNS = ["student_id", "assignment", "status", "wall_s", "execute_s", "overhead_s", "judge_s", "worker",
+                  "start_s"]
 
 
 class GradingError(Exception):
@@ -343,6 +347,7 @@ def dask_client(workers: int, scheduler: str | None):
     one task thread each."""
     import logging
 
+    import dask
     from distributed import Client, LocalCluster
 
     if scheduler:
@@ -353,8 +358,12 @@ def dask_client(workers: int, scheduler: str | None):
         with client:
             yield client
         return
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+    # worker-saturation 1.0: a worker holds only the notebook it grades, the rest wait at the
+    # scheduler in start_priority order (Dask's default 1.1 hands one worker two of them at once,
+    # so the second of two long notebooks could wait behind the first while another worker idles).
+    with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}), \
+            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                         silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         yield client
 
 
@@ -365,6 +374,18 @@ def warm_workers(client, assignments: list[str], threads: int | None, sandbox: i
                           pure=False, key=f"warm-up-{address}") for address in client.scheduler_info()["workers"]]
 
 
+def start_priority(spec: dict) -> int:
+    """A notebook's module's time budget: the longer, the sooner it starts."""
+    return budget_s(spec["assignment"])
+
+
+def longest_first(specs: list[dict]) -> list[dict]:
+    """The notebooks in the order they should start: the modules with the longest time budget first
+    (input order among equals), so a class's last minutes are not one worker alone on module 09
+    while the others sit idle. Where each result goes does not depend on it."""
+    return sorted(specs, key=lambda spec: -start_priority(spec))
+
+
 def run_tasks(client, specs: list[dict], template: bytes, state: Path, fingerprint: str, done: int,
               total: int) -> None:
     """Grade every spec on the workers; each result is written as a part the moment it arrives."""
@@ -373,7 +394,8 @@ def run_tasks(client, specs: list[dict], template: bytes, state: Path, fingerpri
     bar = tqdm(total=total, initial=done, desc="grading", unit="notebook", file=sys.stderr)
     shared = client.scatter(template, broadcast=True)
     futures = {client.submit(grade_task, spec, shared, key=f"grade-{spec['student_id']}-{spec['assignment']}-"
-                             f"{spec['sha256'][:12]}", pure=False): spec for spec in specs}
+                             f"{spec['sha256'][:12]}", pure=False, priority=start_priority(spec)): spec
+               for spec in longest_first(specs)}
     for future in as_completed(futures):
         spec = futures[future]
         try:
@@ -414,7 +436,7 @@ def merge_gradebooks(template_db: Path, parts: list[Path], dest: Path) -> None:
         con.close()
 
 
-def merge(out: Path, state: Path, rows: list[Row], results: dict, log) -> list[dict]:
+def merge(out: Path, state: Path, rows: list[Row], results: dict, log, began: float) -> list[dict]:
     """Write every output of the run from its parts: the order is the input's, whatever order
     the workers finished in, so a parallel run's outputs equal a serial run's."""
     with tempfile.TemporaryDirectory(prefix="deepdive-merge-") as tmp:
@@ -436,7 +458,9 @@ def merge(out: Path, state: Path, rows: list[Row], results: dict, log) -> list[d
             wall, execute = result["wall_s"], result["execute_s"]
             timing.append({"student_id": row.student_id, "assignment": row.assignment, "status": row.status,
                            "wall_s": f"{wall:.2f}", "execute_s": f"{execute:.2f}",
-                           "overhead_s": f"{wall - execute:.2f}", "judge_s": f"{row.judge_s:.2f}"})
+                           "overhead_s": f"{wall - execute:.2f}", "judge_s": f"{row.judge_s:.2f}",
+                           "worker": result.get("worker", ""),
+                           "start_s": f"{result['started'] - began:.2f}" if "started" in result else ""})
             phases = ", ".join(f"{k} {v:.2f} s" for k, v in result.get("phases", {}).items())
             log.write(f"# {row.student_id}/{row.assignment}: {row.status} in {wall:.1f} s "
                       f"(cells {execute:.1f} s; {phases})\n")
@@ -452,6 +476,16 @@ def merge(out: Path, state: Path, rows: list[Row], results: dict, log) -> list[d
 
 
 # ----------------------------------------------------------------------------- main
+
+def run_summary(began: float, marks: dict[str, float], graded: int, workers: int | None) -> str:
+    """'# run: 28 notebook(s) graded on 2 worker(s) in 89.5 s: workers and template 6.5 s, grading 80.0 s, ...'"""
+    parts, last = [], began
+    for name, at in marks.items():
+        parts.append(f"{name} {at - last:.1f} s")
+        last = at
+    on = f"{workers} worker(s)" if workers else "the cluster"
+    return f"# run: {graded} notebook(s) graded on {on} in {last - began:.1f} s: {', '.join(parts)}\n"
+
 
 def _specs(found, cell_timeout, notebook_cap, threads, sandbox_memory=None) -> tuple[list[Row], list[dict]]:
     """Rows that need no grading (bad folder names, unknown assignments, missing notebooks) and
@@ -483,6 +517,7 @@ def grade(submissions: Path, out: Path, cell_timeout: int | None = None, noteboo
           resume: bool = False, sandbox: bool = True, sandbox_memory_gib: float | None = None) -> list[Row]:
     """Grade every notebook under `submissions` into `out`. With `sandbox` (the default) every
     kernel runs in grader/sandbox.py's sandbox; refuses (GradingError) where none can be made."""
+    began = time.time()
     state = out / STATE
     memory = None
     if sandbox:
@@ -537,14 +572,19 @@ def grade(submissions: Path, out: Path, cell_timeout: int | None = None, noteboo
                 template = build_template(log, sorted({aid for _, aid, _, _ in found if aid in known}))
                 (state / "template.tar").write_bytes(template)
                 (state / "manifest.json").write_text(json.dumps({"options": options}, indent=1))
+            marks = {"workers and template": time.time()}
             if todo:
                 run_tasks(client, todo, template, state, options["course"], done=len(kept), total=len(specs))
+            marks["grading"] = time.time()
             del warming
+        marks["stopping the workers"] = time.time()
     results = {(s["student_id"], s["assignment"]): read_part(state, s["student_id"], s["assignment"]) for s in specs}
     by_key = {(r.student_id, r.assignment): r for r in direct}
     by_key.update({key: Row(**result["row"]) for key, result in results.items()})
     rows = [by_key[sid, aid] for sid, aid, _, _ in found]
-    merge(out, state, rows, results, log)
+    merge(out, state, rows, results, log, began)
+    marks["merging"] = time.time()
+    log.write(run_summary(began, marks, len(todo), workers if not scheduler else None))
     log.close()
     shutil.rmtree(state)
     (out / SO_FAR).unlink(missing_ok=True)

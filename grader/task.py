@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tarfile
 import tempfile
@@ -287,7 +288,7 @@ def grade_task(spec: dict, template: bytes) -> dict:
     cell_timeout, cap, threads) in a private copy of the template course. Never raises for a bad
     submission: the row says what happened."""
     global _FINGERPRINT
-    t0 = time.perf_counter()
+    t0, started = time.perf_counter(), time.time()
     if _FINGERPRINT is None:
         _FINGERPRINT = course_fingerprint()
     sid, aid = spec["student_id"], spec["assignment"]
@@ -326,4 +327,5 @@ def grade_task(spec: dict, template: bytes) -> dict:
         log = log_path.read_text(encoding="utf-8", errors="replace") if log_path.exists() else ""
     row.verdicts = [dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v for v in row.verdicts]
     return {"row": dataclasses.asdict(row), "files": files, "db": db, "log": log, "sha256": spec["sha256"],
-            "execute_s": execute_s, "phases": {k: round(v, 3) for k, v in phases.items()}, "wall_s": round(time.perf_counter() - t0, 3), "fingerprint": _FINGERPRINT}
+            "execute_s": execute_s, "phases": {k: round(v, 3) for k, v in phases.items()}, "wall_s": round(time.perf_counter() - t0, 3), "fingerprint": _FINGERPRINT,
+            "started": started, "worker": f"{socket.gethostname()}:{os.getpid()}"}

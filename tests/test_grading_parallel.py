@@ -88,6 +88,9 @@ def test_two_workers_from_a_zip_give_the_serial_outputs(batch):
     timing = read_csv(base / "parallel" / "timing.csv")
     assert len(timing) == GRADED, timing
     assert all(float(r["wall_s"]) >= float(r["execute_s"]) > 0 for r in timing if r["status"] == "graded"), timing
+    assert 1 <= len({r["worker"] for r in timing}) <= 2 and all(float(r["start_s"]) >= 0 for r in timing), timing
+    summary = (base / "parallel" / "grading.log").read_text().splitlines()[-1]
+    assert summary.startswith(f"# run: {GRADED} notebook(s) graded on 2 worker(s) in "), summary
 
 
 def _parts(out: Path) -> list[Path]:
