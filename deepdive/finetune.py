@@ -6,6 +6,7 @@ freezing, LoRA, counting) are passed in by the notebook where a helper needs the
 - `training_args(...)`: `TrainingArguments` for short runs on a laptop (no checkpoints, no logging
   services, no progress bars), with the course's seed.
 - `fine_tune(...)`: one `Trainer` run; returns the trainer and the seconds `train()` took.
+- `evaluator(...)`: a `Trainer` that only evaluates / predicts a model.
 - `training_memory_bytes(...)`: what a training step holds, counted from the real tensors.
 - `compare_methods(...)`: the fair comparison: every method, the same data and steps, a small
   learning-rate sweep each, the rate chosen on validation, the test metric of the chosen run.
@@ -14,7 +15,9 @@ freezing, LoRA, counting) are passed in by the notebook where a helper needs the
 - plots: `plot_sweep`, `plot_confusion`; `comparison_markdown` for the table.
 """
 
+import atexit
 import copy
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -52,6 +55,23 @@ def training_args(out_dir: str, seed: int = 0, cpu: bool | None = None, cls=Trai
     return cls(**kw)
 
 
+@lru_cache(maxsize=1)
+def _scratch_dir() -> str:
+    """The `output_dir` every Trainer of this process gets: nothing is saved there (`training_args`), and
+    the folder goes when the process exits (one folder per Trainer was left behind, empty, every call)."""
+    path = tempfile.mkdtemp(prefix="deepdive-trainer-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+def evaluator(model, collator, compute_metrics=None, **args) -> Trainer:
+    """A `Trainer` for `model` that only evaluates or predicts (`args`: e.g. `per_device_eval_batch_size`)."""
+    trainer = Trainer(model=model, args=training_args(_scratch_dir(), **args), data_collator=collator,
+                      compute_metrics=compute_metrics)
+    trainer.remove_callback(PrinterCallback)  # the notebook prints what it wants
+    return trainer
+
+
 def fine_tune(model, train, collator, *, lr: float, epochs: float, seed: int = 0, compute_metrics=None,
               cpu: bool | None = None, seq2seq: bool = False, optimizer=None, eval_dataset=None,
               **args) -> tuple[Trainer, float]:
@@ -59,9 +79,8 @@ def fine_tune(model, train, collator, *, lr: float, epochs: float, seed: int = 0
     returns (trainer, seconds spent in trainer.train()). The trainer then predicts / evaluates.
     `seq2seq=True`: a `Seq2SeqTrainer` (`args` may then hold `predict_with_generate=True`, ...);
     `optimizer`: a ready optimizer instead of AdamW (e.g. T5's Adafactor), with the same schedule."""
-    out = tempfile.mkdtemp(prefix="deepdive-finetune-")
     trainer_cls, args_cls = (Seq2SeqTrainer, Seq2SeqTrainingArguments) if seq2seq else (Trainer, TrainingArguments)
-    trainer = trainer_cls(model=model, args=training_args(out, seed, cpu=cpu, cls=args_cls, learning_rate=lr,
+    trainer = trainer_cls(model=model, args=training_args(_scratch_dir(), seed, cpu=cpu, cls=args_cls, learning_rate=lr,
                                                           num_train_epochs=epochs, **args),
                           train_dataset=train, eval_dataset=eval_dataset, data_collator=collator,
                           compute_metrics=compute_metrics, optimizers=(optimizer, None))
@@ -146,9 +165,7 @@ def compare_methods(methods: dict, rates: dict, train, val, test, collator, comp
                 print(f"  {name:12s} lr {lr:.0e}: {seconds:4.1f} s, validation {metric} {val_scores[metric]:.3f}"
                       + (f", forgetting {forgetting:+.3f} nats" if forgetting is not None else ""))
         best = max(runs, key=lambda r: r.val[metric])
-        trainer = Trainer(model=best.model, args=training_args(tempfile.mkdtemp(prefix="deepdive-eval-")),
-                          data_collator=collator, compute_metrics=compute_metrics)
-        trainer.remove_callback(PrinterCallback)
+        trainer = evaluator(best.model, collator, compute_metrics)
         best.test = {k.removeprefix("test_"): v for k, v in trainer.evaluate(test, metric_key_prefix="test").items()
                      if k.removeprefix("test_") in ("accuracy", "macro_f1")}
         for run in runs:  # keep only the chosen model

@@ -4,7 +4,7 @@ None of this is an exercise: the notebook's graded functions (`group_texts`, `pe
 `exact_match`) are passed in where a helper needs one.
 
 - `tokenize_texts(...)`: a text data set to token ids, each text followed by the end-of-text token.
-- `eval_loss(...)`: `Trainer.evaluate()`'s mean loss of a model on a tokenised set.
+- `eval_loss(...)`: a causal LM's mean next-token loss on a tokenised set, through `Trainer.evaluate()`.
 - `sample(...)`: seeded sampling from a causal LM for a list of prompts.
 - `decode_generated(...)`, `predictions_markdown(...)`: `Seq2SeqTrainer.predict` outputs as text and as a table.
 - plots: `plot_lm_training`, `plot_date_errors` (with `date_field_errors`: which field is wrong how often).
@@ -13,14 +13,12 @@ None of this is an exercise: the notebook's graded functions (`group_texts`, `pe
 """
 
 import re
-import tempfile
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import PrinterCallback
 
-from deepdive.finetune import training_args
+from deepdive.finetune import evaluator
 
 
 def tokenize_texts(dataset, tokenizer, column: str = "text"):
@@ -33,12 +31,15 @@ def tokenize_texts(dataset, tokenizer, column: str = "text"):
 
 
 def eval_loss(model, dataset, collator, batch_size: int = 32) -> float:
-    """The mean loss of `model` on the tokenised `dataset` (with labels), as `Trainer.evaluate()` reports it."""
-    from transformers import Trainer
-
-    args = training_args(tempfile.mkdtemp(prefix="deepdive-eval-"), per_device_eval_batch_size=batch_size)
-    trainer = Trainer(model=model, args=args, data_collator=collator)
-    trainer.remove_callback(PrinterCallback)  # the notebook prints what it wants
+    """The mean next-token loss of the causal LM `model` on the tokenised `dataset` (with labels), from
+    `Trainer.evaluate()`: each batch's loss is the model's own mean over the tokens it predicts, and the batches are
+    averaged by rows (exact for blocks of one length, as `group_texts` makes)."""
+    trainer = evaluator(model, collator, per_device_eval_batch_size=batch_size)
+    # transformers 5.23 otherwise divides the batch's summed loss by every label, position 0 of each row included,
+    # when the model's `loss_type` is unset (GPT-2's is None): 127/128 of the true mean for 128-token blocks, so
+    # every perplexity came out about 4 % low. huggingface/transformers#46204 fixed that count only for models
+    # whose loss_type names the causal loss.
+    trainer.model_accepts_loss_kwargs = False
     return float(trainer.evaluate(dataset)["eval_loss"])
 
 

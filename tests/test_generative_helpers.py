@@ -55,6 +55,33 @@ def test_sample_is_seeded_and_leaves_the_global_rng_alone():
     assert torch.equal(state, torch.random.get_rng_state())
 
 
+def test_eval_loss_is_the_mean_next_token_loss_and_leaves_no_folder_behind():
+    """The model's own loss over the tokens it predicts (transformers 5.23's Trainer divided by every label,
+    7/8 of this for rows of 8). Every Trainer of a process shares one scratch folder (nothing is saved there),
+    removed at exit: each call used to leave an empty deepdive-eval-* folder in the temporary directory."""
+    import glob
+    import os
+    import tempfile
+
+    import datasets
+    from transformers import GPT2Config, GPT2LMHeadModel, default_data_collator
+
+    from deepdive.finetune import _scratch_dir
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2, n_positions=16)).eval()
+    ids = torch.randint(0, 50, (6, 8))
+    ds = datasets.Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
+    before = set(glob.glob(os.path.join(tempfile.gettempdir(), "deepdive-*")))
+    losses = [gen.eval_loss(model, ds, default_data_collator, batch_size=4) for _ in range(2)]
+    with torch.no_grad():  # the mean over the two batches of 4 and 2 rows, as Trainer.evaluate averages
+        want = [model(input_ids=ids[a:b], labels=ids[a:b]).loss.item() for a, b in ((0, 4), (4, 6))]
+    assert abs(losses[0] - (4 * want[0] + 2 * want[1]) / 6) < 1e-5 and losses[0] == losses[1]
+    new = set(glob.glob(os.path.join(tempfile.gettempdir(), "deepdive-*"))) - before
+    assert new <= {_scratch_dir()}, f"left behind: {sorted(new)}"
+    assert os.listdir(_scratch_dir()) == [], "the Trainer wrote into its scratch folder"
+
+
 def test_the_maps_hold_measured_numbers():
     table = gen.architecture_map_markdown(lm=(1525.0, 227.4), t2t={"date": {"exact match": 0.36, "chrF": 70.9},
                                                                     "modernize": {"exact match": 0.5, "chrF": 88.0}})
