@@ -14,12 +14,13 @@ OUT         ?=
 WORKERS     ?=
 SCHEDULER   ?=
 RESUME      ?=
+VISIBLE     ?=
 NOBOX       ?=
 SANDBOX_MEMORY ?=
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := all
-.PHONY: all help setup sandbox data models student release grade lab test test-fast test-calibration lint clean
+.PHONY: all help setup sandbox browser progress data models student release grade lab test test-fast test-calibration lint clean
 
 all: setup sandbox data models student release ## set everything up and build both releases (the README's first command)
 
@@ -50,6 +51,18 @@ sandbox: ## install bubblewrap, the sandbox of graded kernels (apt-get, as root)
 	    echo "note: bubblewrap is not installed; make grade needs it (sudo apt-get install bubblewrap, or dnf/pacman install bubblewrap), or grade trusted work with NOBOX=1"; \
 	  fi; }
 
+# tests/test_browser.py drives JupyterLab in Debian's Chromium through Playwright (Playwright's own browser
+# download cannot run on the course machines). As root this installs it when missing; otherwise it says how.
+browser: ## install Chromium, the browser of the JupyterLab test (apt-get, as root), if it is missing
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium (Debian package) for the JupyterLab browser test"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }; \
+	  else \
+	    echo "note: chromium is not installed; the browser test needs it (sudo apt-get install chromium)"; \
+	  fi; }
+
 data: setup ## build the course data sets into data/build/ (offline, deterministic)
 	$(PY) data/build_data.py
 
@@ -73,10 +86,14 @@ grade: setup sandbox ## autograde: make grade SUBMISSIONS=<dir or .zip> OUT=<dir
 	@test -n "$(SUBMISSIONS)" -a -n "$(OUT)" || { echo "usage: make grade SUBMISSIONS=<dir or .zip> OUT=<new dir> [WORKERS=N] [SCHEDULER=tcp://host:8786] [RESUME=1]"; exit 2; }
 	$(PY) -m grader.grade "$(SUBMISSIONS)" "$(OUT)" $(if $(WORKERS),--workers $(WORKERS)) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(RESUME),--resume) $(if $(NOBOX),--no-sandbox) $(if $(SANDBOX_MEMORY),--sandbox-memory $(SANDBOX_MEMORY))
 
+# Runs (in a full checkout also grades) the course notebooks the learner has worked on; never writes them.
+progress: setup ## table of your exercises: visible test passed / failed / not attempted, points and feedback pages [VISIBLE=1: no grading]
+	$(PY) -m deepdive.progress $(if $(VISIBLE),--visible-only)
+
 lab: setup ## open JupyterLab on the student notebooks
 	$(BIN)/jupyter lab --notebook-dir=course
 
-test: setup sandbox data models ## run the test suite (what CI runs; within 30 min on 2 cores)
+test: setup sandbox browser data models ## run the test suite (what CI runs; within 30 min on 2 cores)
 	$(PY) -m pytest -m "not calibration" $(PYTEST_ARGS)
 
 test-fast: setup sandbox data models ## the tests that take seconds, not minutes (no grading, no training checks' seeds)

@@ -1,0 +1,174 @@
+"""`make progress` (deepdive/progress.py): the learner's table of exercises across the modules.
+
+Fast tests read notebooks and judge hand-made outputs; the slow one is the issue's learner, who
+solved module 01 and half of module 02, graded through the real grader from a full checkout.
+(The student zip's visible-only run is in tests/test_student_zip.py, on a bare virtualenv.)
+"""
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from deepdive import progress
+from grader.assignments import COURSE, ROOT
+from tests.hostile import perfect_submission
+
+SOLVED_02 = ["scaled_dot_product_attention", "causal_mask"]
+BUG_02 = "padding_mask"  # `<=` for `<`: one position too many is "real" in every row
+
+
+def _gid(cell) -> str:
+    return cell.metadata.get("nbgrader", {}).get("grade_id", "")
+
+
+def learner_course(dest: Path) -> Path:
+    """A copy of course/ in which module 01 is solved and module 02 half: two exercises right,
+    one with a real bug, one untouched. Returns the course folder."""
+    course = dest / "course"
+    shutil.copytree(COURSE, course, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "minigpt.py"))
+    nbformat.write(perfect_submission("01_rnn_bottleneck"), course / "01_rnn_bottleneck" / "01_rnn_bottleneck.ipynb")
+    reference = {_gid(c): c.source for c in perfect_submission("02_attention").cells}
+    nb = nbformat.read(course / "02_attention" / "02_attention.ipynb", as_version=4)
+    for cell in nb.cells:
+        name = _gid(cell).removesuffix("_solution")
+        if name in SOLVED_02:
+            cell.source = reference[_gid(cell)]
+        elif name == BUG_02:
+            cell.source = reference[_gid(cell)].replace("positions[None, :] < lengths", "positions[None, :] <= lengths")
+            assert cell.source != reference[_gid(cell)], "the module-02 reference changed: update the planted bug"
+    nbformat.write(nb, course / "02_attention" / "02_attention.ipynb")
+    return course
+
+
+def _digest(folder: Path) -> str:
+    h = hashlib.sha256()
+    for p in sorted(folder.rglob("*")):
+        if p.is_file():
+            h.update(p.relative_to(folder).as_posix().encode() + p.read_bytes())
+    return h.hexdigest()
+
+
+# ----------------------------------------------------------------------------- reading and judging (fast)
+
+def test_the_release_counts_as_not_started_and_an_edited_cell_as_attempted():
+    nb = nbformat.read(COURSE / "02_attention" / "02_attention.ipynb", as_version=4)
+    found = progress.exercises(nb)
+    assert [e.name for e in found] == ["scaled_dot_product_attention", "causal_mask", "padding_mask",
+                                       "online_softmax_attention"]
+    assert not any(e.attempted for e in found), "an untouched release notebook must read as not started"
+    cell = next(c for c in nb.cells if _gid(c) == "causal_mask_solution")
+    cell.source = cell.source.replace("raise NotImplementedError()", "return None")
+    assert [e.attempted for e in progress.exercises(nb)] == [False, True, False, False]
+
+
+def test_every_course_notebook_has_exercises_with_visible_tests():
+    for path in progress.find_notebooks(COURSE):
+        nb = nbformat.read(path, as_version=4)
+        found = progress.exercises(nb)
+        assert found, f"{path.name}: no exercise cells found"
+        for e in found:
+            assert progress._cell(nb, f"{e.name}_visible") is not None, f"{path.name}: {e.name} has no visible test"
+
+
+def _executed(*outputs):
+    """A notebook of one exercise ('f'): the solution cell's and the visible cell's outputs."""
+    nb = nbformat.v4.new_notebook()
+    for gid, outs in zip(["f_solution", "f_visible"], outputs):
+        cell = nbformat.v4.new_code_cell("pass", execution_count=None if outs is None else 1, outputs=outs or [])
+        cell.metadata["nbgrader"] = {"grade_id": gid, "solution": gid.endswith("solution")}
+        nb.cells.append(cell)
+    return nb
+
+
+def _judged(attempted: bool, *outputs) -> progress.Exercise:
+    ex = progress.Exercise(name="f", attempted=attempted)
+    progress.judge(_executed(*outputs), [ex])
+    return ex
+
+
+def test_judge_reads_passed_failed_not_attempted_and_not_run():
+    printed = [nbformat.v4.new_output("stream", name="stdout", text="f: visible tests passed; hidden ...\n")]
+    error = [nbformat.v4.new_output("error", ename="AssertionError", evalue="f(2) should be\n[1, 0]\ngot\n[1, 1]",
+                                    traceback=[])]
+    assert _judged(True, [], printed).status == "passed"
+    failed = _judged(True, [], error)
+    assert (failed.status, failed.message) == ("failed", "AssertionError: f(2) should be (...)")
+    assert "got\n[1, 1]" in failed.detail, "the whole message is kept for the page"
+    own = _judged(True, [nbformat.v4.new_output("error", ename="SyntaxError", evalue="invalid syntax", traceback=[])],
+                  error)
+    assert own.message == "your cell raised SyntaxError: invalid syntax", "the learner's own cell's error comes first"
+    assert _judged(False, [], error).status == "not attempted"
+    assert _judged(True, [], None).status == "not run"
+    silent = _judged(True, [], [])
+    assert silent.status == "failed" and "no verdict" in silent.message
+
+
+def test_unreadable_and_metadata_less_notebooks_are_reported_not_fatal(tmp_path):
+    course = tmp_path / "course"
+    (course / "01_rnn_bottleneck").mkdir(parents=True)
+    (course / "01_rnn_bottleneck" / "01_rnn_bottleneck.ipynb").write_text("{ not json")
+    (course / "02_attention").mkdir()
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1")]),
+                   course / "02_attention" / "02_attention.ipynb")
+    modules, note = progress.collect(course, None, 60, None, echo=lambda s: None)
+    assert modules[0].note.startswith("unreadable"), modules[0].note
+    assert "nbgrader metadata is missing" in modules[1].note
+    assert note == "" and not any(m.started for m in modules), "nothing runs when nothing was attempted"
+
+
+def test_a_missing_course_folder_says_what_to_do(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "deepdive.progress", "--course", str(tmp_path / "nope")],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 2 and "pass --course DIR" in done.stderr, done.stderr
+
+
+# ----------------------------------------------------------------------------- the issue's learner (slow)
+
+@pytest.mark.slow
+def test_a_learner_who_solved_01_and_half_of_02_gets_the_graders_verdicts(tmp_path):
+    course = learner_course(tmp_path)
+    before = _digest(course)
+    done = subprocess.run([sys.executable, "-m", "deepdive.progress", "--course", str(course)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=600)
+    print(done.stdout)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert _digest(course) == before, "make progress must never modify the learner's notebooks (or their folders)"
+    report = json.loads((tmp_path / "progress" / "progress.json").read_text())
+    assert report["graded"], "a full checkout grades the learner's notebooks"
+    modules = {m["module"]: m for m in report["modules"]}
+    m01, m02 = modules["01_rnn_bottleneck"], modules["02_attention"]
+    assert [e["status"] for e in m01["exercises"]] == ["passed"] * 4
+    assert m01["score"] == m01["max_score"] > 0, "the reference solutions of module 01 get full marks"
+    status = {e["name"]: e for e in m02["exercises"]}
+    assert [status[n]["status"] for n in SOLVED_02] == ["passed", "passed"]
+    assert status[BUG_02]["status"] == "failed" and "padding_mask([2, 4], 5) should be" in status[BUG_02]["message"]
+    assert status["online_softmax_attention"]["status"] == "not attempted"
+    assert [status[n]["score"] == status[n]["max_score"] for n in SOLVED_02] == [True, True]
+    assert status[BUG_02]["score"] == 0 and status["online_softmax_attention"]["score"] == 0
+    assert m02["score"] == sum(status[n]["max_score"] for n in SOLVED_02) < m02["max_score"]
+    for m in (m01, m02):
+        assert Path(m["feedback"]).is_file(), f"{m['module']}: no feedback page at {m['feedback']}"
+    assert not any(m["started"] for name, m in modules.items() if name not in (m01["module"], m02["module"]))
+    for words in ["padding_mask([2, 4], 5) should be (...)", "not attempted", "not started",
+                  "feedback/learner/02_attention/02_attention.html"]:
+        assert words in done.stdout, f"the printed table lacks {words!r}"
+    page = (tmp_path / "progress" / "progress.html").read_text()
+    assert "online_softmax_attention" in page and "02_attention.html" in page
+
+
+def test_from_a_notebook_cell_the_report_shows_as_a_page(tmp_path, monkeypatch):
+    import IPython.display
+
+    shown = []
+    monkeypatch.setattr(IPython.display, "display", shown.append)
+    course = tmp_path / "course"
+    shutil.copytree(COURSE / "03_multi_head_attention", course / "03_multi_head_attention")
+    progress.show_progress("--course", str(course), "--out", str(tmp_path / "report"))
+    assert len(shown) == 1 and isinstance(shown[0], IPython.display.HTML)
+    assert "03_multi_head_attention" in shown[0].data and "not started" in shown[0].data
