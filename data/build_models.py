@@ -57,13 +57,12 @@ if str(ROOT) not in sys.path:  # `python data/build_models.py` puts data/, not t
 
 import tokenizers  # noqa: E402
 import transformers  # noqa: E402
-from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers  # noqa: E402
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers  # noqa: E402
 from transformers import (  # noqa: E402
     Adafactor,
     DataCollatorForLanguageModeling,
     DistilBertConfig,
     DistilBertForMaskedLM,
-    DistilBertTokenizer,
     GPT2Config,
     GPT2LMHeadModel,
     GPT2Tokenizer,
@@ -73,6 +72,7 @@ from transformers import (  # noqa: E402
 )
 
 from deepdive import datasets as dd  # noqa: E402
+from deepdive.wordpiece import train_wordpiece  # noqa: E402  (module 06's small_tokenizer uses it too)
 
 FAMILIES = ("distilbert", "distilgpt2", "t5")
 DEFAULT_OUT = ROOT / "data" / "models"
@@ -194,37 +194,6 @@ def batch_shape(cfg: "BuildConfig", rng: np.random.Generator) -> tuple[int, int]
 
 
 # ----------------------------------------------------------------------------- tokenizers
-
-
-def train_wordpiece(docs: list[str], vocab_size: int) -> DistilBertTokenizer:
-    """Uncased WordPiece with BERT's normalizer and pre-tokenizer, wrapped in DistilBertTokenizer.
-
-    `tokenizers`' WordPieceTrainer learns the vocabulary with BPE merges, but it numbers the
-    "##" continuation characters in hash-map order and breaks ties between equally frequent
-    merges by those numbers, so two runs can end with different pieces. We run the same BPE
-    learning without the "##" prefix (which is deterministic: the alphabet is sorted), marking
-    word starts with "▁" instead, then rewrite the pieces as WordPiece: "▁play" -> "play",
-    "ing" -> "##ing".
-    """
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    normalizer = normalizers.BertNormalizer(lowercase=True)  # as DistilBertTokenizer(do_lower_case=True)
-    bpe = Tokenizer(models.BPE())
-    bpe.normalizer = normalizer
-    bpe.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.BertPreTokenizer(), pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")]
-    )
-    bpe.train_from_iterator(docs, trainer=trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False))
-    learned = sorted(bpe.get_vocab().items(), key=lambda kv: kv[1])  # alphabet, then merges in order
-    alphabet = sorted({c for piece, _ in learned for c in piece.removeprefix("▁")})
-    pieces = [c for c in alphabet] + [f"##{c}" for c in alphabet]  # every character, in both positions
-    for piece, _ in learned:
-        wp = piece[1:] if piece.startswith("▁") else f"##{piece}"
-        if wp not in ("", "##") and wp not in pieces:
-            pieces.append(wp)
-    vocab = {t: i for i, t in enumerate(specials + pieces[: vocab_size - len(specials)])}
-    # The real class builds the same pipeline (BertNormalizer, BertPreTokenizer, WordPiece with
-    # "##") around our vocabulary, and rebuilds it the same way when loaded.
-    return DistilBertTokenizer(vocab=vocab, do_lower_case=True, model_max_length=512)
 
 
 def train_bytelevel_bpe(docs: list[str], vocab_size: int) -> GPT2Tokenizer:

@@ -35,7 +35,7 @@ SMALL_VOCAB = 160
 
 @functools.lru_cache(maxsize=4)
 def _small_tokenizer_dir(vocab_size: int) -> str:
-    from data.build_models import train_wordpiece  # the code `make models` trains the course tokenizer with
+    from deepdive.wordpiece import train_wordpiece  # the code `make models` trains the course tokenizer with
 
     docs = load_text("shakespeare", "train").splitlines()
     tokenizer = train_wordpiece(docs, vocab_size)
@@ -47,7 +47,7 @@ def _small_tokenizer_dir(vocab_size: int) -> str:
 
 def small_tokenizer(vocab_size: int = SMALL_VOCAB):
     """A WordPiece tokenizer with a `vocab_size`-piece vocabulary (160: nearly characters), learned from
-    the Shakespeare training split by the same code as the course tokenizer (`data/build_models.py`,
+    the Shakespeare training split by the same code as the course tokenizer (`deepdive.wordpiece`,
     deterministic: the same pieces on every machine), with BERT's five special tokens at ids 0-4.
 
     Trained on first use in a process (a few seconds) and kept in a temporary folder until it exits."""

@@ -118,8 +118,9 @@ def hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
 def _missing_error(family: str, why: str) -> FileNotFoundError:
     return FileNotFoundError(
         f"No checkpoint for {family!r}: {why}, and the course build {local_path(family)} does not exist.\n"
-        f"  - Offline: run `make models` in the repository root (builds all three small checkpoints "
-        f"on CPU in a few minutes), or point {MODELS_DIR_ENV} at a folder that holds them.\n"
+        f"  - Offline: build the small checkpoints on CPU (5-10 minutes, once): `make models` in the "
+        f"repository, or `.venv/bin/python data/build_models.py` in the folder of the student zip "
+        f"(its README); or point {MODELS_DIR_ENV} at a folder that holds them.\n"
         f"  - Online: check your network connection (and unset HF_HUB_OFFLINE) to download "
         f"{HUB_NAMES[family]!r} from the Hugging Face hub."
     )

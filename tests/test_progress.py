@@ -16,8 +16,7 @@ import nbformat
 import pytest
 
 from deepdive import progress
-from grader.assignments import COURSE, ROOT
-from tests.hostile import perfect_submission
+from grader.assignments import COURSE, ROOT, solution_notebook
 
 SOLVED_02 = ["scaled_dot_product_attention", "causal_mask"]
 BUG_02 = "padding_mask"  # `<=` for `<`: one position too many is "real" in every row
@@ -27,26 +26,29 @@ def _gid(cell) -> str:
     return cell.metadata.get("nbgrader", {}).get("grade_id", "")
 
 
-def learner_course(dest: Path) -> Path:
-    """A copy of course/ in which module 01 is solved and module 02 half: two exercises right,
-    one with a real bug, one untouched. Returns the course folder."""
+def learner_course(dest: Path, source: Path = COURSE) -> Path:
+    """A copy of `source` (a course/ folder) in which module 01 is solved and module 02 half: two
+    exercises right, one with a real bug, one untouched. Returns the copy."""
     course = dest / "course"
-    shutil.copytree(COURSE, course, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "minigpt.py"))
-    nbformat.write(perfect_submission("01_rnn_bottleneck"), course / "01_rnn_bottleneck" / "01_rnn_bottleneck.ipynb")
-    reference = {_gid(c): c.source for c in perfect_submission("02_attention").cells}
-    nb = nbformat.read(course / "02_attention" / "02_attention.ipynb", as_version=4)
-    for cell in nb.cells:
-        name = _gid(cell).removesuffix("_solution")
-        if name in SOLVED_02:
-            cell.source = reference[_gid(cell)]
-        elif name == BUG_02:
-            cell.source = reference[_gid(cell)].replace("positions[None, :] < lengths", "positions[None, :] <= lengths")
-            assert cell.source != reference[_gid(cell)], "the module-02 reference changed: update the planted bug"
-    nbformat.write(nb, course / "02_attention" / "02_attention.ipynb")
+    shutil.copytree(source, course, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "minigpt.py"))
+    for aid in ["01_rnn_bottleneck", "02_attention"]:
+        answers = {_gid(c): c.source for c in nbformat.read(solution_notebook(aid), as_version=4).cells}
+        path = course / aid / f"{aid}.ipynb"
+        nb = nbformat.read(path, as_version=4)
+        for cell in nb.cells:
+            if not cell.metadata.get("nbgrader", {}).get("solution"):
+                continue
+            name = _gid(cell).removesuffix("_solution")
+            if aid == "01_rnn_bottleneck" or name in SOLVED_02:
+                cell.source = answers[_gid(cell)]
+            elif name == BUG_02:
+                cell.source = answers[_gid(cell)].replace("positions[None, :] < lengths", "positions[None, :] <= lengths")
+                assert cell.source != answers[_gid(cell)], "the module-02 reference changed: update the planted bug"
+        nbformat.write(nb, path)
     return course
 
 
-def _digest(folder: Path) -> str:
+def digest(folder: Path) -> str:
     h = hashlib.sha256()
     for p in sorted(folder.rglob("*")):
         if p.is_file():
@@ -133,12 +135,12 @@ def test_a_missing_course_folder_says_what_to_do(tmp_path):
 @pytest.mark.slow
 def test_a_learner_who_solved_01_and_half_of_02_gets_the_graders_verdicts(tmp_path):
     course = learner_course(tmp_path)
-    before = _digest(course)
+    before = digest(course)
     done = subprocess.run([sys.executable, "-m", "deepdive.progress", "--course", str(course)],
                           capture_output=True, text=True, cwd=ROOT, timeout=600)
     print(done.stdout)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert _digest(course) == before, "make progress must never modify the learner's notebooks (or their folders)"
+    assert digest(course) == before, "make progress must never modify the learner's notebooks (or their folders)"
     report = json.loads((tmp_path / "progress" / "progress.json").read_text())
     assert report["graded"], "a full checkout grades the learner's notebooks"
     modules = {m["module"]: m for m in report["modules"]}
