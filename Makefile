@@ -39,29 +39,29 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
 	touch $@
 
-# make grade runs every student kernel in a bubblewrap sandbox (grader/sandbox.py). As root (CI, a
-# grading server) this installs Debian's bubblewrap when it is missing; otherwise it says how.
-sandbox: ## install bubblewrap, the sandbox of graded kernels (apt-get, as root), if it is missing
-	@command -v bwrap >/dev/null || { \
+# $(call apt_package,PROGRAM,PACKAGE,WHAT_FOR,NOTE): as root (CI, a grading server) install the Debian
+# package when PROGRAM is missing; otherwise print NOTE, which says how. (Arguments without commas.)
+define apt_package
+	@command -v $(1) >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing bubblewrap (Debian package) for the graded kernels' sandbox"; \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap >/dev/null 2>&1 || \
-	    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q bubblewrap >/dev/null; }; \
+	    echo "installing $(2) (Debian package) for $(3)"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(2) >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(2) >/dev/null; }; \
 	  else \
-	    echo "note: bubblewrap is not installed; make grade needs it (sudo apt-get install bubblewrap, or dnf/pacman install bubblewrap), or grade trusted work with NOBOX=1"; \
+	    echo "note: $(2) is not installed; $(4)"; \
 	  fi; }
+endef
+SANDBOX_NOTE := make grade needs it (sudo apt-get install bubblewrap, or dnf/pacman install bubblewrap), or grade trusted work with NOBOX=1
+BROWSER_NOTE := the browser test needs it (sudo apt-get install chromium)
+
+# make grade runs every student kernel in a bubblewrap sandbox (grader/sandbox.py).
+sandbox: ## install bubblewrap, the sandbox of graded kernels (apt-get, as root), if it is missing
+	$(call apt_package,bwrap,bubblewrap,the graded kernels' sandbox,$(SANDBOX_NOTE))
 
 # tests/test_browser.py drives JupyterLab in Debian's Chromium through Playwright (Playwright's own browser
-# download cannot run on the course machines). As root this installs it when missing; otherwise it says how.
+# download cannot run on the course machines).
 browser: ## install Chromium, the browser of the JupyterLab test (apt-get, as root), if it is missing
-	@command -v chromium >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-	    echo "installing chromium (Debian package) for the JupyterLab browser test"; \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 || \
-	    { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }; \
-	  else \
-	    echo "note: chromium is not installed; the browser test needs it (sudo apt-get install chromium)"; \
-	  fi; }
+	$(call apt_package,chromium,chromium,the JupyterLab browser test,$(BROWSER_NOTE))
 
 data: setup ## build the course data sets into data/build/ (offline, deterministic)
 	$(PY) data/build_data.py

@@ -143,6 +143,18 @@ def judge(executed, found: list[Exercise]) -> None:
             ex.message = (ex.message + "; " if ex.message else "") + "the visible test cell was edited"
 
 
+def other_errors(executed) -> str:
+    """A note on the cells outside the exercises that raised (a plot, a training run, a missing data
+    file), which a table of exercises alone would hide: '' when none did."""
+    raised = [(i, _error(c)) for i, c in enumerate(executed.cells) if c.get("cell_type") == "code"
+              and not _nbgrader(c).get("grade_id", "").endswith(("_solution", "_visible", "_hidden")) and _error(c)]
+    if not raised:
+        return ""
+    i, first = raised[0]
+    first = first.splitlines()[0] if first else ""
+    return f"{len(raised)} other cell(s) raised, first cell {i + 1}: {first[:120]}"
+
+
 # ----------------------------------------------------------------------------- running the visible tests
 
 def run_visible(path: Path, cell_timeout: int) -> tuple[nbformat.NotebookNode, str]:
@@ -166,6 +178,11 @@ def run_visible(path: Path, cell_timeout: int) -> tuple[nbformat.NotebookNode, s
             note = "the kernel died (out of memory?): cells after it did not run"
         except CellTimeoutError:
             note = f"a cell ran past {cell_timeout} s and could not be interrupted"
+        finally:  # a client given its kernel manager leaves the kernel running: one per notebook otherwise
+            if client.kc is not None:
+                client.kc.stop_channels()
+            if km.has_kernel:
+                km.shutdown_kernel(now=True)
     for cell in nb.cells:  # a cell interrupted at the time limit says so
         if any(o.get("ename") == "KeyboardInterrupt" for o in cell.get("outputs", [])):
             note = note or f"a cell ran past {cell_timeout} s and was interrupted"
@@ -221,7 +238,9 @@ def grade_modules(modules: list[Module], out: Path, workers: int | None) -> str:
             m.note = f"grader: {row.get('status', 'no row')}: {row.get('message', '')}".strip()
         executed = out / "autograded" / LEARNER / m.module / f"{m.module}.ipynb"
         if executed.exists():
-            judge(nbformat.read(executed, as_version=4), m.exercises)
+            executed = nbformat.read(executed, as_version=4)
+            judge(executed, m.exercises)
+            m.note = "; ".join(n for n in (m.note, other_errors(executed)) if n)
         for ex in m.exercises:
             cell = cells.get((m.module, f"{ex.name}_hidden"), {})
             ex.score, ex.max_score = _number(cell.get("score")), _number(cell.get("max_score"))
@@ -277,6 +296,7 @@ def collect(course: Path, grade_out: Path | None, cell_timeout: int, workers: in
         executed, m.note = run_visible(Path(m.notebook), cell_timeout)
         m.seconds = time.perf_counter() - t0
         judge(executed, m.exercises)
+        m.note = "; ".join(n for n in (m.note, other_errors(executed)) if n)
     return modules, "visible tests only"
 
 

@@ -132,3 +132,23 @@ def test_notebooks_are_stored_without_outputs():
             for cell in nb.cells:
                 if cell.cell_type == "code":
                     assert not cell.outputs and cell.execution_count is None, f"{path}: strip outputs (nbstripout)"
+
+
+def test_the_helper_package_imports_nothing_the_student_zip_lacks():
+    """A notebook's kernel starts in the notebook's folder, where a learner's `pip install -e .` makes
+    only `deepdive` importable: an import of the repository's data/, grader/, tests/ or bench/ from a
+    helper (even inside a function) breaks that module for every learner with the zip, while every test
+    run from the repository passes (module 06's small_tokenizer did, importing data.build_models).
+    deepdive/progress.py imports grader/ only when it finds a full checkout, by design."""
+    import ast
+
+    outside = {"data", "grader", "tests", "bench", "solutions"}
+    found = []
+    for path in sorted((ROOT / "deepdive").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            for name in names:
+                if name.split(".")[0] in outside and not (path.name == "progress.py" and name.startswith("grader")):
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno}: import {name}")
+    assert not found, "helpers import what the student zip's install does not provide:\n" + "\n".join(found)

@@ -7,6 +7,7 @@ solved module 01 and half of module 02, graded through the real grader from a fu
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -111,6 +112,14 @@ def test_judge_reads_passed_failed_not_attempted_and_not_run():
     assert silent.status == "failed" and "no verdict" in silent.message
 
 
+def test_cells_outside_the_exercises_that_raised_are_noted():
+    nb = _executed([], [])
+    nb.cells.insert(0, nbformat.v4.new_code_cell("plot()", execution_count=1, outputs=[nbformat.v4.new_output(
+        "error", ename="FileNotFoundError", evalue="no data/build/sentiment: run make data\nmore", traceback=[])]))
+    assert progress.other_errors(nb) == "1 other cell(s) raised, first cell 1: FileNotFoundError: no data/build/sentiment: run make data"
+    assert progress.other_errors(_executed([], [])) == ""
+
+
 def test_unreadable_and_metadata_less_notebooks_are_reported_not_fatal(tmp_path):
     course = tmp_path / "course"
     (course / "01_rnn_bottleneck").mkdir(parents=True)
@@ -174,3 +183,28 @@ def test_from_a_notebook_cell_the_report_shows_as_a_page(tmp_path, monkeypatch):
     progress.show_progress("--course", str(course), "--out", str(tmp_path / "report"))
     assert len(shown) == 1 and isinstance(shown[0], IPython.display.HTML)
     assert "03_multi_head_attention" in shown[0].data and "not started" in shown[0].data
+
+
+def _kernels_of(pid: int) -> list[int]:
+    """Pids of ipykernel processes whose parent is `pid`."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            stat = (proc / "stat").read_text()
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid and b"ipykernel" in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except (OSError, ValueError, IndexError):
+            pass
+    return found
+
+
+def test_running_a_notebook_leaves_no_kernel_behind(tmp_path):
+    """One kernel per notebook, shut down when it is done: eleven kernels of 0.4-0.6 GB each alive at
+    once is what a client given its own kernel manager leaves (nbclient shuts down only kernels it made)."""
+    folder = tmp_path / "01_x"
+    folder.mkdir()
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import os; print(os.getcwd())")]),
+                   folder / "01_x.ipynb")
+    executed, note = progress.run_visible(folder / "01_x.ipynb", cell_timeout=60)
+    assert note == "" and "deepdive-progress-" in executed.cells[0].outputs[0].text, "it runs in a private copy"
+    assert not _kernels_of(os.getpid()), "the notebook's kernel is still running after run_visible returned"
