@@ -208,3 +208,33 @@ def test_running_a_notebook_leaves_no_kernel_behind(tmp_path):
     executed, note = progress.run_visible(folder / "01_x.ipynb", cell_timeout=60)
     assert note == "" and "deepdive-progress-" in executed.cells[0].outputs[0].text, "it runs in a private copy"
     assert not _kernels_of(os.getpid()), "the notebook's kernel is still running after run_visible returned"
+
+
+def _tiny_course(root: Path) -> Path:
+    """A course of one module, 01_tiny, whose one exercise `f` is answered (its cell differs from the
+    checksum the 'release' recorded) and whose visible test passes."""
+    from nbgrader.utils import compute_checksum
+
+    cells = [nbformat.v4.new_code_cell("def f():\n    raise NotImplementedError()"),
+             nbformat.v4.new_code_cell("assert f() == 1\nprint('f: visible tests passed')")]
+    for cell, gid in zip(cells, ["f_solution", "f_visible"]):
+        cell.metadata["nbgrader"] = {"grade_id": gid, "solution": gid == "f_solution", "grade": False,
+                                     "locked": gid == "f_visible", "schema_version": 3}
+        cell.metadata["nbgrader"]["checksum"] = compute_checksum(cell)
+    cells[0].source = "def f():\n    return 1"
+    folder = root / "course" / "01_tiny"
+    folder.mkdir(parents=True)
+    nbformat.write(nbformat.v4.new_notebook(cells=cells), folder / "01_tiny.ipynb")
+    return root / "course"
+
+
+def test_when_the_grader_fails_the_visible_tests_still_run(tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("gradebook locked\nmore")
+
+    monkeypatch.setattr(progress, "grade_modules", broken)
+    said = []
+    modules, note = progress.collect(_tiny_course(tmp_path), tmp_path / "graded", 60, None, echo=said.append)
+    assert note == "the grader failed (RuntimeError: gradebook locked); visible tests only", note
+    assert [(e.name, e.status) for e in modules[0].exercises] == [("f", "passed")]
+    assert modules[0].score is None and any("running the visible tests only" in s for s in said)
