@@ -37,6 +37,13 @@ def rng_kept():
             np.random.set_state(npy)
 
 
+def int_rows(rows) -> list[list[int]]:
+    """On the learner's side: rows of token ids (a tensor, an array, lists of either) as plain lists of
+    ints, what a record may hold. TypeError / ValueError when they are not rows of integers."""
+    rows = rows.tolist() if hasattr(rows, "tolist") else rows
+    return [[int(x) for x in (row.tolist() if hasattr(row, "tolist") else row)] for row in rows]
+
+
 def build_seeded(cls, seed: int, *args, **kwargs):
     """On the learner's side: `cls(*args, **kwargs)` with its initial weights drawn from `seed`, the
     global RNG forked, so that neither the notebook's random state nor the check's generator moves."""

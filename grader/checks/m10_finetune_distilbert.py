@@ -15,7 +15,7 @@ from functools import lru_cache, partial
 import numpy as np
 import torch
 
-from grader.checks._common import assert_close, build_seeded, generator, learner_call, rng_kept
+from grader.checks._common import assert_close, build_seeded, generator, int_rows, learner_call, rng_kept
 from grader.trusted import live, trusted_check
 
 LORA_TARGETS = ["q_lin", "k_lin", "v_lin", "out_lin"]
@@ -55,9 +55,7 @@ def _as_lists(out) -> dict:
     res = {"__keys__": sorted(str(k) for k in out.keys())}
     for key in ("input_ids", "attention_mask"):
         if key in out:
-            rows = out[key]
-            rows = rows.tolist() if hasattr(rows, "tolist") else rows
-            res[key] = [[int(x) for x in (row.tolist() if hasattr(row, "tolist") else row)] for row in rows]
+            res[key] = int_rows(out[key])
     return res
 
 

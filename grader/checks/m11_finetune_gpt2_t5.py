@@ -18,7 +18,7 @@ from itertools import chain
 import numpy as np
 import torch
 
-from grader.checks._common import generator, learner_call, rng_kept
+from grader.checks._common import generator, int_rows, learner_call, rng_kept
 from grader.trusted import LearnerRaised, live, on_learner_side, trusted_check
 
 
@@ -39,11 +39,11 @@ def _plain_columns(out) -> dict:
         return {"__type__": type(out).__name__}
     res = {}
     for key in out.keys():
-        rows = out[key]
-        rows = rows.tolist() if hasattr(rows, "tolist") else rows
         try:
-            res[str(key)] = [[int(x) for x in (row.tolist() if hasattr(row, "tolist") else row)] for row in rows]
+            res[str(key)] = int_rows(out[key])
         except (TypeError, ValueError):
+            rows = out[key]
+            rows = rows.tolist() if hasattr(rows, "tolist") else rows
             res[str(key)] = {"__type__": type(rows).__name__}
     return res
 
