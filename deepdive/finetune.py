@@ -72,6 +72,20 @@ def evaluator(model, collator, compute_metrics=None, **args) -> Trainer:
     return trainer
 
 
+def name_causal_loss(model) -> None:
+    """Tell the Trainer that a causal LM's loss shifts its labels. transformers 5.23's Trainer divides the
+    summed loss by the labels it counts, and counts `labels[..., 1:]` (what a shifted loss predicts) only
+    when the model's `loss_type` names the causal loss; GPT-2's is None (its class name is GPT2LMHeadModel),
+    so position 0 of every row was counted too: a loss of 127/128 of the model's own mean on 128-token
+    blocks, and gradients scaled the same. Encoder-decoders (T5) and encoders are left alone: their loss
+    is on unshifted labels, which the Trainer counts right."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model's own
+    if getattr(base, "loss_type", None) is None and type(base).__name__ in set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()):
+        base.loss_type = "ForCausalLM"
+
+
 def fine_tune(model, train, collator, *, lr: float, epochs: float, seed: int = 0, compute_metrics=None,
               cpu: bool | None = None, seq2seq: bool = False, optimizer=None, eval_dataset=None,
               **args) -> tuple[Trainer, float]:
@@ -80,6 +94,7 @@ def fine_tune(model, train, collator, *, lr: float, epochs: float, seed: int = 0
     `seq2seq=True`: a `Seq2SeqTrainer` (`args` may then hold `predict_with_generate=True`, ...);
     `optimizer`: a ready optimizer instead of AdamW (e.g. T5's Adafactor), with the same schedule."""
     trainer_cls, args_cls = (Seq2SeqTrainer, Seq2SeqTrainingArguments) if seq2seq else (Trainer, TrainingArguments)
+    name_causal_loss(model)
     trainer = trainer_cls(model=model, args=training_args(_scratch_dir(), seed, cpu=cpu, cls=args_cls, learning_rate=lr,
                                                           num_train_epochs=epochs, **args),
                           train_dataset=train, eval_dataset=eval_dataset, data_collator=collator,

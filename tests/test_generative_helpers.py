@@ -82,6 +82,30 @@ def test_eval_loss_is_the_mean_next_token_loss_and_leaves_no_folder_behind():
     assert os.listdir(_scratch_dir()) == [], "the Trainer wrote into its scratch folder"
 
 
+def test_fine_tune_trains_on_the_models_own_mean_loss():
+    """The first logged training loss of a causal LM is the model's own loss on that batch (with lr 0 the
+    weights do not move): transformers 5.23's Trainer counted position 0 of every row too, 7/8 of it on rows
+    of 8, unless the model's loss_type names the causal loss (deepdive.finetune.name_causal_loss)."""
+    import datasets
+    from transformers import GPT2Config, GPT2LMHeadModel, default_data_collator
+
+    from deepdive.finetune import fine_tune
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=50, n_embd=16, n_layer=1, n_head=2, n_positions=16,
+                                       resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0))  # train() = eval()
+    ids = torch.randint(0, 50, (4, 8))
+    ds = datasets.Dataset.from_dict({"input_ids": ids.tolist(), "labels": ids.tolist()})
+    model.eval()
+    with torch.no_grad():
+        want = model(input_ids=ids, labels=ids).loss.item()
+    trainer, _ = fine_tune(model, ds, default_data_collator, lr=0.0, epochs=1, cpu=True,
+                           per_device_train_batch_size=4, logging_strategy="steps", logging_steps=1, warmup_steps=0)
+    logged = next(h["loss"] for h in trainer.state.log_history if "loss" in h)
+    assert abs(logged - want) < 1e-4, f"logged training loss {logged:.5f}, the model's own mean {want:.5f}"
+    assert model.loss_type == "ForCausalLM"
+
+
 def test_the_maps_hold_measured_numbers():
     table = gen.architecture_map_markdown(lm=(1525.0, 227.4), t2t={"date": {"exact match": 0.36, "chrF": 70.9},
                                                                     "modernize": {"exact match": 0.5, "chrF": 88.0}})

@@ -197,13 +197,14 @@ def _learner_clm_finetune(group_texts, seed):
     return next_token_logprobs(model, _validation_blocks())
 
 
-# Calibration: `HF_HUB_OFFLINE=1 .venv/bin/python bench/generative_calibration.py clm` (2-core CPU, 2026-12-03, the
-# CLM recipe, 50 steps in about 13 s; perplexity on 200 blocks of 128 tokens of the validation plays; the pretrained
-# model: 1,525):
-#   reference group_texts, seeds 0-4:            227.4 229.6 228.1 231.1 229.8   (ratio 0.149-0.152, worst 0.152)
-#   labels shifted by hand (shifts_labels), 0-1: 716.3 695.9                     (ratio 0.470 0.456)
-#   each text cut alone (per_text_blocks), 0-1:  306.3 318.2                     (ratio 0.201 0.209: less data)
-# Threshold 0.18 x before: 0.028 above the worst reference seed (seeds differ by 0.003), 0.021 below the best
+# Calibration: `HF_HUB_OFFLINE=1 .venv/bin/python bench/generative_calibration.py clm` (2-core CPU, 2026-12-04, the
+# CLM recipe, 50 steps in about 10 s; perplexity on 200 blocks of 128 tokens of the validation plays; the pretrained
+# model: 1,525; trained on the model's own mean loss, deepdive.finetune.name_causal_loss — before it, the Trainer's
+# 127/128 of it gave 227.4 229.6 228.1 231.1 229.8):
+#   reference group_texts, seeds 0-4:            227.1 229.5 228.1 230.9 229.6   (ratio 0.149-0.151, worst 0.151)
+#   labels shifted by hand (shifts_labels), 0-1: 715.0 695.9                     (ratio 0.469 0.456)
+#   each text cut alone (per_text_blocks), 0-1:  306.3 318.1                     (ratio 0.201 0.209: less data)
+# Threshold 0.18 x before: 0.029 above the worst reference seed (seeds differ by 0.002), 0.021 below the best
 # per-text run, 0.28 below a model trained to predict two tokens ahead.
 CLM = dict(block_size=128, n_blocks=800, n_speeches=6400, lr=2e-3, n_val=200)
 MAX_PPL_RATIO = 0.18
