@@ -122,3 +122,32 @@ def test_generation_quality_counts_real_words_and_repeats():
     # 4-grams: 8, of which "to be or not" (2x), "be or not to" (2x), "or not to be" (2x) repeat
     assert q["repeated n-grams"] == pytest.approx(6 / 8)
     assert generation_quality("", known) == {"words": 0, "real words": 0.0, "repeated n-grams": 0.0}
+
+
+STUCK = """
+def train(cfg, train_data, val_data, out_dir, resume=False, stop_at=None, log=print):
+    history = reference_train(cfg, train_data, val_data, out_dir, resume=resume, stop_at=stop_at, log=log)
+    if os.environ.get("RANK") == "1":
+        time.sleep(600)  # a process that never returns
+    return history
+"""
+
+
+def test_a_stuck_process_is_reported_with_where_it_was(monkeypatch):
+    """check_train_ddp's message for a process that never finishes names the line of the learner's train it was
+    on (from the child's faulthandler dump), and both children are killed."""
+    import time
+
+    import grader.checks.m09_mini_gpt_capstone as m09
+
+    ns = reference_namespace(AID)
+    ns["reference_train"] = ns["train"]
+    exec(compile("import os, time\n" + STUCK, "stuck_train.py", "exec"), ns)  # the notebook's globals (TrainConfig)
+    monkeypatch.setattr(m09, "DDP_TIMEOUT_S", 3)
+    started = time.perf_counter()
+    with pytest.raises(RuntimeError) as raised:
+        m09._ddp_runs(ns["train"], 0)
+    message = str(raised.value)
+    assert message.startswith("process 1 of 2 did not finish within 3 s"), message
+    assert message.endswith("it was at train (stuck_train.py:6)"), message
+    assert time.perf_counter() - started < 30

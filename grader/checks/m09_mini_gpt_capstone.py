@@ -27,16 +27,22 @@ learner's `get_batch` / checkpoint functions (its messages name them).
 """
 
 import dataclasses
+import faulthandler
 import json
 import math
 import multiprocessing as mp
 import os
+import re
+import signal
 import socket
 import tempfile
+import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -628,6 +634,8 @@ def check_train_resume(train, seed=0):
 DDP = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=4, max_iters=2, warmup_iters=1, lr=1e-2,
            min_lr=1e-3, grad_clip=0.0, dropout=0.0, eval_interval=1000, eval_windows=8, ckpt_interval=1000)
 DDP_TIMEOUT_S = 120
+HOLD_PROCESS_GROUP = True  # bench/ddp_teardown.py measures the deadlock with it off
+_HELD: list = []  # in a DDP child: the default process group, until os._exit
 
 
 def _free_port() -> int:
@@ -636,9 +644,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _ddp_child(fn, cfg, rank, world_size, port, out_dir, error_file):  # runs in a forked process
+def _hold_process_group() -> None:  # a daemon thread of each DDP child
+    """Keep a reference to the default process group from the moment the learner's train creates it.
+
+    torch 2.13 can deadlock when the last reference to a gloo process group is DDP's Reducer: the learner's
+    train returns (or deletes its DDP wrapper) after destroy_process_group, the Reducer is freed with the GIL
+    held, ~ProcessGroupGloo joins its worker threads, and a worker is still freeing the last collective's work,
+    whose saved thread-local state (the contextvars context of autograd's backward) needs the GIL to be
+    released (py-spy: one rank in ~ProcessGroupGloo -> std::thread::join, its worker in gil_scoped_acquire). Seen
+    in CI on the reference; bench/ddp_teardown.py --keep-ddp --no-hold: 12 of 1,000 runs stuck. Held here, the
+    group outlives the learner's objects and the child leaves by os._exit, so nothing joins; a learner's real
+    hang is unchanged."""
+    while not _HELD:
+        if dist.is_initialized():
+            _HELD.append(dist.group.WORLD)
+        time.sleep(0.0005)
+
+
+def _ddp_child(fn, cfg, rank, world_size, port, out_dir, error_file, stack_file):  # runs in a forked process
     try:
         torch.set_num_threads(1)
+        faulthandler.register(signal.SIGUSR1, file=open(stack_file, "w"), all_threads=True)  # noqa: SIM115
+        if HOLD_PROCESS_GROUP:
+            threading.Thread(target=_hold_process_group, daemon=True).start()
         os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world_size), MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=str(port))
         train_ids, val_ids = _train_data()
@@ -649,6 +677,18 @@ def _ddp_child(fn, cfg, rank, world_size, port, out_dir, error_file):  # runs in
     os._exit(0)
 
 
+def _where(stack_file: Path) -> str:
+    """Where a stuck child's main thread was, from its faulthandler dump: innermost frames first."""
+    text = stack_file.read_text() if stack_file.exists() else ""
+    for block in text.split("\n\n"):
+        frames = re.findall(r'File "([^"]+)", line (\d+) in (\S+)', block)
+        names = [name for _, _, name in frames]
+        if "_ddp_child" in names:  # the frames above it (most recent first) are the learner's train and below
+            inner = [f"{name} ({Path(file).name}:{line})" for file, line, name in frames[:names.index("_ddp_child")]]
+            return " <- ".join(inner[:4]) if inner else "the end of train (its objects being freed)"
+    return "unknown (no stack dump)"
+
+
 def _ddp_runs(fn, seed):
     cfg = _config(fn, **dict(DDP, seed=seed))
     single_cfg = dataclasses.replace(cfg, batch_size=2 * cfg.batch_size)
@@ -657,7 +697,8 @@ def _ddp_runs(fn, seed):
     with tempfile.TemporaryDirectory() as tmp:
         port = _free_port()
         procs = [ctx.Process(target=_ddp_child, args=(fn, cfg, rank, 2, port, Path(tmp) / "ddp",
-                                                      Path(tmp) / f"error{rank}.txt"), daemon=True)
+                                                      Path(tmp) / f"error{rank}.txt", Path(tmp) / f"stack{rank}.txt"),
+                             daemon=True)
                  for rank in range(2)]
         for p in procs:
             p.start()
@@ -665,10 +706,14 @@ def _ddp_runs(fn, seed):
             p.join(DDP_TIMEOUT_S)
         for rank, p in enumerate(procs):
             if p.is_alive():
+                os.kill(p.pid, signal.SIGUSR1)
+                time.sleep(1.0)
+                where = _where(Path(tmp) / f"stack{rank}.txt")
                 for q in procs:
                     q.kill()
                 raise RuntimeError(f"process {rank} of 2 did not finish within {DDP_TIMEOUT_S} s: one process waits "
-                                   "for the other (every process must run the same steps and collective calls)")
+                                   "for the other (every process must run the same steps and collective calls); "
+                                   f"it was at {where}")
             if p.exitcode != 0:
                 err = Path(tmp) / f"error{rank}.txt"
                 raise RuntimeError(f"process {rank} of 2 failed: " + (err.read_text() if err.exists() else
