@@ -1,4 +1,4 @@
-"""How often check_train_ddp's rank 1 deadlocks at teardown, with and without the check holding the group.
+"""How often a process of check_train_ddp deadlocks at teardown, with and without the check holding the group.
 
     PYTHONPATH=. .venv/bin/python bench/ddp_teardown.py [--runs 1500] [--timeout 15] [--no-hold] [--keep-ddp]
 
@@ -11,8 +11,8 @@ unless the check's children hold the group (`--no-hold` turns that off) torch 2.
 threads with the GIL held while a worker waits for the GIL (see _hold_process_group).
 
 Measured on a 2-core machine (2026-12-04): --keep-ddp --no-hold 12 of 1,000 runs stuck; --keep-ddp (the check
-as graded) 0 of 2,000; the reference with `del ddp` and no hold 0 of 3,000 (the loop of this bench before the
-hold existed).
+as graded) 0 of 2,000; the reference with `del ddp` and no hold 0 of 3,000 (the same loop, run before the hold
+existed).
 """
 
 import argparse

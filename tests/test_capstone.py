@@ -136,6 +136,7 @@ def train(cfg, train_data, val_data, out_dir, resume=False, stop_at=None, log=pr
 def test_a_stuck_process_is_reported_with_where_it_was(monkeypatch):
     """check_train_ddp's message for a process that never finishes names the line of the learner's train it was
     on (from the child's faulthandler dump), and both children are killed."""
+    import multiprocessing
     import time
 
     import grader.checks.m09_mini_gpt_capstone as m09
@@ -151,3 +152,8 @@ def test_a_stuck_process_is_reported_with_where_it_was(monkeypatch):
     assert message.startswith("process 1 of 2 did not finish within 3 s"), message
     assert message.endswith("it was at train (stuck_train.py:6)"), message
     assert time.perf_counter() - started < 30
+    for _ in range(50):  # killed by the check: reaped within moments
+        if not multiprocessing.active_children():
+            break
+        time.sleep(0.1)
+    assert not multiprocessing.active_children(), "the check left a DDP child running"
