@@ -1,6 +1,6 @@
 """Build the course's offline checkpoints: small DistilBERT, DistilGPT-2 and T5, pretrained here.
 
-    .venv/bin/python data/build_models.py                      # all three -> data/models/ (`make models`)
+    .venv/bin/python data/build_models.py                      # all three -> data/models/ (+ MANIFEST.json)
     .venv/bin/python data/build_models.py --only t5            # one family
     .venv/bin/python data/build_models.py --tiny --out /tmp/m  # seconds; what the tests use
 
@@ -588,6 +588,10 @@ def main(argv: list[str] | None = None) -> None:
             cfg = replace(cfg, steps=args.steps, warmup=min(cfg.warmup, max(1, args.steps // 10)))
         cfg = override(cfg, args.set)
         info = build_family(family, cfg, args.out, args.seed, progress=not args.no_progress)
+        if args.out.resolve() == DEFAULT_OUT.resolve():  # the shipped checkpoints: keep their manifest current
+            from data import checkpoints
+
+            checkpoints.record(family)
         print(
             f"{family}: {info['parameters'] / 1e6:.2f}M params, vocab {info['vocab_size']}, "
             f"{cfg.steps} steps, loss {info['initial_held_out_loss']:.2f} -> train {info['final_train_loss']:.2f} / "

@@ -21,7 +21,7 @@ from deepdive.datasets import load_text
 def course_tokenizer(verbose: bool = True):
     """The course's WordPiece tokenizer (data/models/distilbert, vocabulary 4096, BERT's special tokens).
 
-    Built offline by `make models`; the same tokenizer class as `distilbert-base-uncased`."""
+    Built offline by data/build_models.py (shipped in data/models/); the same tokenizer class as `distilbert-base-uncased`."""
     from deepdive.hub import load_tokenizer
 
     return load_tokenizer("distilbert", source="local", verbose=verbose)
@@ -35,7 +35,7 @@ SMALL_VOCAB = 160
 
 @functools.lru_cache(maxsize=4)
 def _small_tokenizer_dir(vocab_size: int) -> str:
-    from deepdive.wordpiece import train_wordpiece  # the code `make models` trains the course tokenizer with
+    from deepdive.wordpiece import train_wordpiece  # the code data/build_models.py trains the course tokenizer with
 
     docs = load_text("shakespeare", "train").splitlines()
     tokenizer = train_wordpiece(docs, vocab_size)

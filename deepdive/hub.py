@@ -10,7 +10,7 @@ reached, the course-built one from `data/models/` when it cannot.
 | `distilgpt2` | `distilgpt2`              | `data/models/distilgpt2` | base, causal-lm, sequence-/token-classification |
 | `t5`         | `t5-small`                | `data/models/t5`         | base, seq2seq                           |
 
-The course builds (`make models`, i.e. `data/build_models.py`) are small configurations of the
+The course builds (`data/build_models.py`, shipped in `data/models/` and checked by `make models`) are small configurations of the
 same model classes with the same tokenizer classes, briefly pretrained with the same objectives
 (T5's mostly as a whole-window denoiser: each build's `build_info.json` says exactly what it was trained on
 and how) on the course's own corpora, so every notebook line that works on one works on the other; only
@@ -75,7 +75,7 @@ def models_dir() -> Path:
     for root in candidates:
         if (root / "data" / "models").is_dir():
             return root / "data" / "models"
-    return candidates[0] / "data" / "models"  # where `make models` will put them
+    return candidates[0] / "data" / "models"  # where the shipped checkpoints belong
 
 
 def local_path(family: str) -> Path:
@@ -118,9 +118,10 @@ def hub_reachable(timeout: float = 3.0) -> tuple[bool, str]:
 def _missing_error(family: str, why: str) -> FileNotFoundError:
     return FileNotFoundError(
         f"No checkpoint for {family!r}: {why}, and the course build {local_path(family)} does not exist.\n"
-        f"  - Offline: build the small checkpoints on CPU (5-10 minutes, once): `make models` in the "
-        f"repository, or `.venv/bin/python data/build_models.py` in the folder of the student zip "
-        f"(its README); or point {MODELS_DIR_ENV} at a folder that holds them.\n"
+        f"  - Offline: the course ships them in data/models/ (the repository and the student zip): restore "
+        f"that folder (`git checkout -- data/models`, or unpack it from the zip again), then check it with "
+        f"`make models` in the repository or `.venv/bin/python data/checkpoints.py` in the student zip's folder "
+        f"(it rebuilds a missing family on CPU: 1-8 minutes); or point {MODELS_DIR_ENV} at a folder that holds them.\n"
         f"  - Online: check your network connection (and unset HF_HUB_OFFLINE) to download "
         f"{HUB_NAMES[family]!r} from the Hugging Face hub."
     )

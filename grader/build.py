@@ -17,9 +17,12 @@ from grader.nbgrader_cli import nbgrader
 
 STUDENT_ZIP = "transformer-deep-dive-student.zip"
 INSTRUCTOR_ZIP = "transformer-deep-dive-instructor.zip"
-# What a learner gets: notebooks, the helper package, the data scripts, environment files and
-# the learner README (course/README.md becomes the zip's README.md). Nothing from solutions/ or grader/.
+# What a learner gets: notebooks, the helper package, the data scripts, the shipped offline checkpoints
+# (data/models, verified by data/checkpoints.py), environment files and the learner README
+# (course/README.md becomes the zip's README.md). Nothing from solutions/ or grader/.
 STUDENT_CONTENT = ["course", "deepdive", "data", "environment.yml", "pyproject.toml"]
+# Build outputs and whatever a notebook run saved into a `models/` folder of its own; the shipped
+# checkpoints under data/models/ are the exception (shipped_checkpoint).
 EXCLUDE_PARTS = {"__pycache__", ".ipynb_checkpoints", "build", "models", ".pytest_cache"}
 FIXED_TIME = (2024, 1, 1, 0, 0, 0)  # zips are byte-identical from build to build
 
@@ -49,6 +52,17 @@ def build_student() -> None:
     print(f"course/: {len(assignment_ids())} student notebooks regenerated from solutions/")
 
 
+def shipped_checkpoint(rel: Path) -> bool:
+    """A file of the committed offline checkpoints (data/models/<family>/..., MANIFEST.json), not a
+    half-written build (data/models/.<family>.partial/)."""
+    parts = rel.parts
+    return parts[:2] == ("data", "models") and not any(p.startswith(".") for p in parts[2:])
+
+
+def excluded(rel: Path) -> bool:
+    return bool(EXCLUDE_PARTS & set(rel.parts[:-1])) and not shipped_checkpoint(rel)
+
+
 def _tracked_files() -> list[Path]:
     """The instructor release is the repository as committed (plus uncommitted edits of tracked files)."""
     try:
@@ -56,7 +70,7 @@ def _tracked_files() -> list[Path]:
         files = [ROOT / f for f in out.decode().split("\0") if f]
     except (OSError, subprocess.CalledProcessError):
         files = [p for p in ROOT.rglob("*") if p.is_file() and ".git" not in p.parts and ".venv" not in p.parts]
-    return sorted(p for p in files if p.is_file() and not (EXCLUDE_PARTS & set(p.relative_to(ROOT).parts)))
+    return sorted(p for p in files if p.is_file() and not excluded(p.relative_to(ROOT)))
 
 
 def _student_files() -> list[tuple[Path, str]]:
@@ -66,7 +80,7 @@ def _student_files() -> list[tuple[Path, str]]:
         paths = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
         for p in paths:
             rel = p.relative_to(ROOT)
-            if EXCLUDE_PARTS & set(rel.parts[:-1]) or p.suffix == ".pyc":
+            if excluded(rel) or p.suffix == ".pyc":
                 continue
             arc = "README.md" if rel.as_posix() == "course/README.md" else rel.as_posix()
             items.append((p, arc))
