@@ -35,7 +35,7 @@ SMALL_VOCAB = 160
 
 @functools.lru_cache(maxsize=4)
 def _small_tokenizer_dir(vocab_size: int) -> str:
-    from deepdive.wordpiece import train_wordpiece  # the code data/build_models.py trains the course tokenizer with
+    from deepdive.wordpiece import train_wordpiece  # the course tokenizer's trainer (data/build_models.py)
 
     docs = load_text("shakespeare", "train").splitlines()
     tokenizer = train_wordpiece(docs, vocab_size)

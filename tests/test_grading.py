@@ -68,13 +68,17 @@ def run_grade(submissions: Path, out: Path, *extra: str, via_make: bool = False)
 
 @pytest.fixture(scope="module")
 def reference_and_stubs(tmp_path_factory):
+    """Every solution notebook graded as a student's with one worker (`make grade WORKERS=1`: the whole machine
+    per notebook, as a learner runs it, so its execution time is the budget test) into out/; the released stubs
+    graded in a run of their own with two workers (no timing is read from them) into out-stubs/."""
     base = tmp_path_factory.mktemp("grading")
-    subs = base / "submitted"
+    subs, stubs = base / "submitted", base / "submitted-stubs"
     for aid in assignment_ids():
         put(subs, "reference", aid, nbformat.read(solution_notebook(aid), as_version=4))
-        put(subs, "stubs", aid, nbformat.read(course_notebook(aid), as_version=4))
-    before = tree_digest(subs)
+        put(stubs, "stubs", aid, nbformat.read(course_notebook(aid), as_version=4))
+    before = tree_digest(subs) + tree_digest(stubs)
     run_grade(subs, base / "out", via_make=True)
+    run_grade(stubs, base / "out-stubs", "--workers", "2")
     return base, subs, before
 
 
@@ -107,25 +111,28 @@ def test_every_solution_notebook_runs_within_its_time_budget(reference_and_stubs
 
 def test_stubs_fail_every_graded_test(reference_and_stubs):
     base, _, _ = reference_and_stubs
-    cells = [r for r in read_csv(base / "out" / "cell_grades.csv") if r["student_id"] == "stubs"]
-    assert cells
+    rows = read_csv(base / "out-stubs" / "grades.csv")
+    assert {r["assignment"] for r in rows if r["status"] == "graded"} == set(assignment_ids()), rows
+    cells = [r for r in read_csv(base / "out-stubs" / "cell_grades.csv") if r["student_id"] == "stubs"]
+    assert {r["assignment"] for r in cells} == set(assignment_ids())
     passed = [f"{r['assignment']}:{r['grade_id']}" for r in cells if float(r["score"]) > 0]
     assert not passed, f"these graded tests pass on the released stubs: {passed}"
 
 
 def test_outputs_feedback_and_plot(reference_and_stubs):
     base, _, _ = reference_and_stubs
+    for out in (base / "out", base / "out-stubs"):
+        for r in read_csv(out / "grades.csv"):
+            page = out / "feedback" / r["student_id"] / r["assignment"] / f"{r['assignment']}.html"
+            assert page.exists() and page.stat().st_size > 1000, f"no feedback page {page}"
     out = base / "out"
-    for r in read_csv(out / "grades.csv"):
-        page = out / "feedback" / r["student_id"] / r["assignment"] / f"{r['assignment']}.html"
-        assert page.exists() and page.stat().st_size > 1000, f"no feedback page {page}"
     assert (out / "score_distribution.png").stat().st_size > 5000
     assert set(read_csv(out / "cell_grades.csv")[0]) == {"student_id", "assignment", "grade_id", "score", "max_score"}
 
 
 def test_input_is_untouched(reference_and_stubs):
-    _, subs, before = reference_and_stubs
-    assert tree_digest(subs) == before, "grading modified the submissions folder"
+    base, subs, before = reference_and_stubs
+    assert tree_digest(subs) + tree_digest(base / "submitted-stubs") == before, "grading modified the submissions folder"
 
 
 def test_grading_into_an_existing_out_is_refused(reference_and_stubs):
@@ -323,10 +330,10 @@ def test_wall_clock_cap_stops_a_notebook_whose_cells_are_each_within_limits(tmp_
     good = perfect_submission(ADVERSARIAL_AID)
     _, visible, _ = _exercise_of(good)
     nb = good
-    for _ in range(4):
-        nb = _insert_code(nb, visible, "import time\ntime.sleep(8)")
+    for _ in range(4):  # 16 s of sleep in all, each cell 4 s: under the cell limit, over the notebook's cap
+        nb = _insert_code(nb, visible, "import time\ntime.sleep(4)")
     put(tmp_path / "submitted", "slow_cells", ADVERSARIAL_AID, nb)
-    run_grade(tmp_path / "submitted", tmp_path / "out", "--cell-timeout", "20", "--notebook-timeout", "20")
+    run_grade(tmp_path / "submitted", tmp_path / "out", "--cell-timeout", "10", "--notebook-timeout", "10")
     (row,) = read_csv(tmp_path / "out" / "grades.csv")
     assert row["status"] == "timeout" and float(row["score"]) == 0.0 and "wall-clock cap" in row["message"], row
 
@@ -391,14 +398,16 @@ def test_feedback_and_executed_notebooks_show_no_hidden_test_code(adversarial, r
     submission names grader.checks itself; the reference is the instructor notebook)."""
     _, _, out, _ = adversarial
     base, _, _ = reference_and_stubs
-    graded = [*out.glob("*/*/*/*.html"), *out.glob("autograded/*/*/*.ipynb"),
-              *(base / "out").glob("*/*/*/*.html"), *(base / "out").glob("autograded/*/*/*.ipynb")]
+    graded = [*out.glob("*/*/*/*.html"), *out.glob("autograded/*/*/*.ipynb")]
+    for run in ("out", "out-stubs"):
+        graded += [*(base / run).glob("*/*/*/*.html"), *(base / run).glob("autograded/*/*/*.ipynb")]
     assert len(graded) > 20
     forbidden = {aid: [*_hidden_code_lines(aid), "grader.checks", "grader/checks", "grader.trusted", "grader/trusted"]
                  for aid in assignment_ids()}
     for path in graded:
         student, aid = path.parent.parent.name, path.parent.name
-        submitted = path.parents[4] / "submitted" / student / aid / f"{aid}.ipynb"
+        folder = "submitted-stubs" if path.parents[3].name == "out-stubs" else "submitted"  # <run>/<kind>/<student>/<aid>/
+        submitted = path.parents[4] / folder / student / aid / f"{aid}.ipynb"
         own = submitted.read_text(encoding="utf-8") if submitted.exists() else ""
         text = _page_text(path) if path.suffix == ".html" else path.read_text(encoding="utf-8")
         leaked = [line for line in forbidden[aid] if line in text and line not in own]
