@@ -43,20 +43,28 @@ from hostile import hostile_submissions  # noqa: E402
 AID = "02_attention"
 
 
-def cell_seconds(autograded: Path) -> dict[str, list[float]]:
-    """Per code cell ('12 exercise_id' or '12' by position), the seconds it ran in each executed notebook."""
+def notebook_cell_seconds(path: Path) -> dict[str, tuple[float, str]]:
+    """Per code cell of one executed notebook ('12 exercise_id' or '12' by position): (the seconds it ran,
+    its first line), from nbclient's execution stamps in the cell's metadata."""
     from datetime import datetime
 
+    out = {}
+    code = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
+    for i, cell in enumerate(code):
+        ex = cell.metadata.get("execution", {})
+        if "iopub.execute_input" in ex and "shell.execute_reply" in ex:
+            t = [datetime.fromisoformat(ex[k].replace("Z", "+00:00")) for k in ("iopub.execute_input", "shell.execute_reply")]
+            name = f"{i:>2} {cell.metadata.get('nbgrader', {}).get('grade_id', '')}".rstrip()
+            out[name] = ((t[1] - t[0]).total_seconds(), (cell.source.splitlines() or [""])[0])
+    return out
+
+
+def cell_seconds(autograded: Path) -> dict[str, list[float]]:
+    """Per code cell ('12 exercise_id' or '12' by position), the seconds it ran in each executed notebook."""
     seen: dict[str, list[float]] = {}
     for path in sorted(autograded.glob("*/*/*.ipynb")):
-        code = [c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code"]
-        for i, cell in enumerate(code):
-            ex = cell.metadata.get("execution", {})
-            if "iopub.execute_input" in ex and "shell.execute_reply" in ex:
-                t = [datetime.fromisoformat(ex[k].replace("Z", "+00:00"))
-                     for k in ("iopub.execute_input", "shell.execute_reply")]
-                name = f"{i:>2} {cell.metadata.get('nbgrader', {}).get('grade_id', '')}".rstrip()
-                seen.setdefault(name, []).append((t[1] - t[0]).total_seconds())
+        for name, (seconds, _) in notebook_cell_seconds(path).items():
+            seen.setdefault(name, []).append(seconds)
     return seen
 
 
