@@ -63,11 +63,12 @@ def shakespeare_chars() -> tuple[CharVocab, torch.Tensor, torch.Tensor]:
 def next_char_batch(data: torch.Tensor, batch_size: int, block_size: int, generator: torch.Generator
                     ) -> tuple[torch.Tensor, torch.Tensor]:
     """Random windows of `data` (N,): inputs x (B, T) and targets y (B, T) with y[:, t] = x[:, t + 1],
-    the next character (nanoGPT's convention: the targets are already shifted)."""
+    the next character (nanoGPT's convention: the targets are already shifted). Both contiguous, as
+    nanoGPT's `torch.stack` makes them, so a loss written `targets.view(-1)` works on them too."""
     start = torch.randint(0, len(data) - block_size - 1, (batch_size,), generator=generator)  # (B,)
     offsets = torch.arange(block_size + 1)  # (T + 1,)
     windows = data[start[:, None] + offsets]  # (B, T + 1)
-    return windows[:, :-1], windows[:, 1:]
+    return windows[:, :-1].contiguous(), windows[:, 1:].contiguous()  # (B, T) each; the slices alone have stride T + 1
 
 
 def tensor_bytes(tensors) -> int:

@@ -48,6 +48,7 @@ import json
 import os
 import re
 import stat
+import sys
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,6 +154,18 @@ class _Encoder:
             return {"__object__": "value nested too deeply"}
         if value is None or isinstance(value, bool | int | float):
             return value if not isinstance(value, int) or abs(value) < 2**63 else float(value)
+        numpy = sys.modules.get("numpy")
+        if numpy is not None and isinstance(value, numpy.generic):
+            # A NumPy scalar (np.sum's np.int64, a float32 loss): judged by its value, as the Python number it
+            # holds, since no notebook asks for Python ints or floats by type (grader/README.md: accept every
+            # correct answer). Other NumPy values (arrays, complex numbers) stay opaque.
+            kind = value.dtype.kind
+            if kind == "b":
+                return bool(value)
+            if kind in "iu":
+                return self.encode(int(value), depth)
+            if kind == "f":
+                return float(value)
         if isinstance(value, str):
             return {"__str__": _text(value)}
         if isinstance(value, torch.Tensor):

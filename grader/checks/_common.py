@@ -1,6 +1,6 @@
 """Assertion helpers for the hidden checks: failures must read well in a learner's feedback."""
 
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 
 import torch
 
@@ -66,6 +66,30 @@ def swapped_globals(namespace, replacements: dict):
     finally:
         for name, value in saved.items():
             namespace[name] = value
+
+
+def learner_namespaces(fn) -> list:
+    """The module namespaces `fn` and the functions it wraps (functools.wraps' `__wrapped__`) read their
+    globals from: for a learner's function, the notebook's. A decorated function's own `__globals__` are the
+    decorator's module's (`@torch.no_grad()`: torch's); the notebook's are its `__wrapped__`'s."""
+    out, seen = [], set()
+    while fn is not None and id(fn) not in seen:
+        seen.add(id(fn))
+        namespace = getattr(fn, "__globals__", None)
+        if isinstance(namespace, dict) and all(namespace is not n for n in out):
+            out.append(namespace)
+        fn = getattr(fn, "__wrapped__", None)
+    return out
+
+
+@contextmanager
+def swapped_globals_of(fn, replacements: dict):
+    """swapped_globals in every namespace `fn` reads its globals from, decorators followed (learner_namespaces):
+    a library swap reaches the learner's function however it is written. Restored afterwards."""
+    with ExitStack() as stack:
+        for namespace in learner_namespaces(fn):
+            stack.enter_context(swapped_globals(namespace, replacements))
+        yield
 
 
 def load_weights(module, weights: dict, layout: str = "") -> None:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepdive.oracles import torch_multihead_attention
-from grader.checks._common import assert_close, assert_shape, build_seeded, generator, swapped_globals
+from grader.checks._common import assert_close, assert_shape, build_seeded, generator, swapped_globals_of
 from grader.trusted import LearnerRaised, live, on_learner_side, trusted_check
 
 
@@ -138,8 +138,8 @@ _USED_LIBRARY = ("(This check ran your forward with torch's own head split, merg
 
 def _library_helpers(cls):
     """On the learner's side: while the block runs, the notebook's split_heads / merge_heads / repeat_kv,
-    as seen by `cls.forward`, are torch's correct versions (restored afterwards)."""
-    return swapped_globals(getattr(getattr(cls, "forward", None), "__globals__", None), _HELPERS)
+    as seen by `cls.forward` (decorators followed), are torch's correct versions (restored afterwards)."""
+    return swapped_globals_of(getattr(cls, "forward", None), _HELPERS)
 
 
 def _layout(d_model, n_heads, n_kv, bias) -> dict:

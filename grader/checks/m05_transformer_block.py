@@ -28,7 +28,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepdive.oracles import llama_mlp, torch_encoder_layer
-from grader.checks._common import assert_close, assert_shape, build_seeded, generator, load_weights
+from grader.checks._common import (
+    assert_close,
+    assert_shape,
+    build_seeded,
+    generator,
+    learner_call,
+    load_weights,
+)
 from grader.trusted import LearnerRaised, live, on_learner_side, trusted_check
 
 ACTIVATIONS = ("relu", "gelu", "swiglu")
@@ -192,6 +199,61 @@ def check_FeedForward_swiglu(FeedForward, seed=0):
             assert_close(out, expected, what, atol=1e-5, rtol=1e-5,
                          hint="out = fc2(F.silu(gate(x)) * fc1(x)): SiLU on the gate branch only, "
                               "multiplied by the linear fc1 branch")
+
+
+DROPOUT_P = 0.5
+
+
+def _run_ffn_dropout(FeedForward, seed, n, p, x):
+    """On the learner's side: FeedForward(n, 2n, "relu", dropout=p) with fc1 = [I; I] (every input copied to two
+    hidden units), fc2 = [I, I] / 2 (every output the mean of its two copies), zero biases; x > 0, so the hidden
+    activations are x twice. Returns (output in training mode, output in eval mode), global RNG forked."""
+    ff = _build(FeedForward, seed, n, 2 * n, activation="relu", dropout=p)
+    eye = torch.eye(n)
+    load_weights(ff, {"fc1.weight": torch.cat([eye, eye]), "fc1.bias": torch.zeros(2 * n),
+                      "fc2.weight": torch.cat([eye, eye], dim=1) / 2, "fc2.bias": torch.zeros(n)})
+    with torch.no_grad(), torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        ff.train()
+        y_train = ff(x)
+        ff.eval()
+        return y_train, ff(x)
+
+
+@trusted_check(points=1)
+def check_FeedForward_dropout(FeedForward, seed=0):
+    """`dropout=p` is inverted dropout on the hidden activations, in training mode only: with each output the mean
+    of two hidden copies of a positive input, y / x takes the values 0, 1 and 2 (both copies dropped, one kept and
+    scaled by 1 / (1 - p) = 2, both kept) in about p^2, 2p(1 - p), (1 - p)^2 of the places, and eval mode gives x.
+    (No dropout: always 1; dropout on the output instead: only 0 and 2; without the 1 / (1 - p): 0, 0.5, 1.)"""
+    n, rows = 16, 256
+    x = 1.0 + torch.rand(rows, n, generator=generator(seed))  # (rows, n), all > 0: relu passes them unchanged
+    call = f"FeedForward({n}, {2 * n}, activation='relu', dropout={DROPOUT_P})"
+    y_train, y_eval = _tensors(learner_call(f"{call}: train and eval mode", lambda: _run_ffn_dropout(
+        live(FeedForward), seed, n, DROPOUT_P, x), call), 2, call)
+    assert_shape(y_train, (rows, n), f"{call} in training mode")
+    assert_shape(y_eval, (rows, n), f"{call} in eval mode")
+    if not torch.allclose(y_eval.float(), x, atol=1e-5, rtol=1e-5):
+        raise AssertionError(f"{call} in eval mode (model.eval()) changed its output: dropout must be off in eval "
+                             "mode (nn.Dropout does this by itself; with F.dropout pass training=self.training)")
+    ratio = y_train.float() / x  # (rows, n)
+    values = torch.tensor([0.0, 1.0, 2.0])
+    nearest = (ratio[..., None] - values).abs().argmin(-1)  # (rows, n): index of the nearest allowed value
+    off = (ratio - values[nearest]).abs().max().item()
+    shares = [(nearest == i).float().mean().item() for i in range(3)]
+    expected = [DROPOUT_P**2, 2 * DROPOUT_P * (1 - DROPOUT_P), (1 - DROPOUT_P) ** 2]
+    if shares[1] == 1.0 and off < 1e-4:
+        raise AssertionError(f"{call} in training mode dropped nothing: apply dropout with probability `dropout` to "
+                             "the hidden activations, between the activation and fc2 (nn.Dropout(dropout))")
+    if off > 1e-4 or any(abs(a - b) > 0.08 for a, b in zip(shares, expected)):
+        halves = torch.isclose(ratio, torch.tensor(0.5), atol=1e-4).any().item()
+        hint = ("values of 0.5 mean the kept activations were not scaled by 1 / (1 - p): use nn.Dropout / F.dropout"
+                if halves else "dropout belongs on the hidden activations (after the activation, before fc2), "
+                "each hidden value dropped on its own with probability p and the kept ones scaled by 1 / (1 - p)")
+        raise AssertionError(
+            f"{call} in training mode: with each output the mean of two hidden copies of x, output / x should be 0, 1 "
+            f"or 2 in shares near {', '.join(f'{e:.2f}' for e in expected)}; got shares "
+            f"{', '.join(f'{v:.2f}' for v in shares)} (largest distance from 0, 1, 2: {off:.3g}): {hint}")
 
 
 def _unknown_activation(FeedForward):

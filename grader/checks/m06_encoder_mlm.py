@@ -19,7 +19,7 @@ Oracles:
 One bug costs points once: the head check feeds the library's hidden states to the learner's
 `mlm_logits`, so an encoder bug does not fail it; check_train_mlm trains a library model (the learner's
 Encoder is not used) and swaps the notebook's `mask_tokens` for the library collator's masking while the
-loop runs (`_common.swapped_globals`).
+loop runs (`_common.swapped_globals_of`: decorators followed).
 """
 
 import functools
@@ -36,7 +36,7 @@ from grader.checks._common import (
     build_seeded,
     generator,
     load_weights,
-    swapped_globals,
+    swapped_globals_of,
 )
 from grader.trusted import LearnerRaised, live, on_learner_side, trusted_check
 
@@ -537,19 +537,6 @@ def _library_masking_fn(probabilities: list, batches: list | None = None):
     return mask_tokens
 
 
-def _namespaces(fn) -> list:
-    """The module namespaces `fn` and the functions it wraps (functools.wraps' `__wrapped__`) read their
-    globals from: the notebook's, for a learner's function."""
-    out, seen = [], set()
-    while fn is not None and id(fn) not in seen:
-        seen.add(id(fn))
-        namespace = getattr(fn, "__globals__", None)
-        if isinstance(namespace, dict) and all(namespace is not n for n in out):
-            out.append(namespace)
-        fn = getattr(fn, "__wrapped__", None)
-    return out
-
-
 def _learner_train(train_mlm, seed, causal=False, settings=None, record_batches=False):
     """On the learner's side: the check's DistilBertForMaskedLM from `seed` (global RNG forked), trained
     by the learner's loop on the training text with `settings` (TRAIN by default), with the library's
@@ -568,8 +555,7 @@ def _learner_train(train_mlm, seed, causal=False, settings=None, record_batches=
     batches: list | None = [] if record_batches else None
     masking = _library_masking_fn(probabilities, batches)
     with ExitStack() as stack:
-        for namespace in _namespaces(train_mlm):
-            stack.enter_context(swapped_globals(namespace, {"mask_tokens": masking}))
+        stack.enter_context(swapped_globals_of(train_mlm, {"mask_tokens": masking}))
         stack.enter_context(torch.random.fork_rng(devices=[]))
         torch.manual_seed(seed)
         losses = train_mlm(adapter, stream, tok, settings["steps"], batch_size=settings["batch_size"],

@@ -31,7 +31,7 @@ from torch import nn
 
 from deepdive.decoders import next_char_batch, shakespeare_chars
 from deepdive.oracles import gpt2_from_gpt
-from grader.checks._common import assert_close, assert_shape, build_seeded, generator, swapped_globals
+from grader.checks._common import assert_close, assert_shape, build_seeded, generator, swapped_globals_of
 from grader.trusted import LearnerRaised, live, on_learner_side, trusted_check
 
 
@@ -620,9 +620,9 @@ _USED_LIBRARY = ("(This check ran your generate with transformers' own temperatu
 
 
 def _library_sampling(fn):
-    """On the learner's side: while generate runs, the notebook's sampling functions as seen by
-    `fn.__globals__` are transformers' processors (restored afterwards)."""
-    return swapped_globals(getattr(fn, "__globals__", None), _library_processors())
+    """On the learner's side: while generate runs, the notebook's sampling functions as seen by `fn` (through
+    `@torch.no_grad()` and any other decorator: `__wrapped__`) are transformers' processors (restored afterwards)."""
+    return swapped_globals_of(fn, _library_processors())
 
 
 _GEN_CFG = dict(vocab_size=17, n_positions=24, n_embd=16, n_layer=2, n_head=2)

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepdive.recipes import training_state_bytes
-from grader.checks._common import assert_close, assert_shape, generator, swapped_globals
+from grader.checks._common import assert_close, assert_shape, generator, swapped_globals_of
 from grader.trusted import LearnerRaised, live, on_learner_side, trusted_check
 
 
@@ -403,11 +403,10 @@ def _make_scaler(init_scale):
 
 
 def _library_clip(fn):
-    """On the learner's side: while train_step runs, the notebook's `clip_grad_norm` as seen by `fn.__globals__`
-    is torch's clip_grad_norm_ (restored afterwards)."""
-    return swapped_globals(getattr(fn, "__globals__", None),
-                           {"clip_grad_norm": lambda parameters, max_norm: torch.nn.utils.clip_grad_norm_(parameters,
-                                                                                                          max_norm)})
+    """On the learner's side: while train_step runs, the notebook's `clip_grad_norm` as seen by `fn` (decorators
+    followed) is torch's clip_grad_norm_ (restored afterwards)."""
+    return swapped_globals_of(fn, {"clip_grad_norm": lambda parameters, max_norm: torch.nn.utils.clip_grad_norm_(
+        parameters, max_norm)})
 
 
 def _learner_steps(fn, weights, batches, opt_kind, max_norm, amp_dtype, init_scale):

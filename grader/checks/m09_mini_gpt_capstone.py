@@ -48,7 +48,7 @@ from torch import nn
 
 from deepdive.decoders import shakespeare_chars
 from deepdive.oracles import gpt2_from_gpt
-from grader.checks._common import assert_close, generator, learner_call
+from grader.checks._common import assert_close, generator, learner_call, learner_namespaces
 from grader.trusted import LearnerRaised, live, on_learner_side, trusted_check
 
 
@@ -484,7 +484,7 @@ def _train_data():
 def _config(train, **overrides):
     """On the learner's side: the notebook's TrainConfig (given code, read from train's namespace) with the
     check's sizes."""
-    cls = getattr(train, "__globals__", {}).get("TrainConfig")
+    cls = next((ns["TrainConfig"] for ns in learner_namespaces(train) if "TrainConfig" in ns), None)  # decorators followed
     if cls is None:
         raise NameError("TrainConfig is not defined in the notebook: run the cell that defines it (given code)")
     vocab, _, _ = shakespeare_chars()

@@ -97,6 +97,45 @@ def ff_no_activation(ref):
     return Mutated
 
 
+@mutant("FeedForward", "accepts `dropout` but never applies it (the audit's case: every other check runs in eval mode)",
+        MUTANTS, from_reference=True)
+def ff_dropout_ignored(ref):
+    class Mutated(ref["FeedForward"]):
+        def __init__(self, d_model, d_ff, activation="gelu", dropout=0.0):
+            super().__init__(d_model, d_ff, activation, 0.0)
+
+    return Mutated
+
+
+@mutant("FeedForward", "dropout on the output (after fc2, as GPT-2's MLP does) instead of the hidden activations",
+        MUTANTS, from_reference=True)
+def ff_dropout_on_output(ref):
+    class Mutated(ref["FeedForward"]):
+        def forward(self, x):
+            if self.activation == "swiglu":
+                return super().forward(x)
+            act = F.gelu if self.activation == "gelu" else F.relu
+            return self.dropout(self.fc2(act(self.fc1(x))))
+
+    return Mutated
+
+
+@mutant("FeedForward", "dropout by hand without the 1 / (1 - p) scale of the kept activations", MUTANTS,
+        from_reference=True)
+def ff_dropout_unscaled(ref):
+    class Mutated(ref["FeedForward"]):
+        def forward(self, x):
+            if self.activation == "swiglu":
+                return super().forward(x)
+            act = F.gelu if self.activation == "gelu" else F.relu
+            h = act(self.fc1(x))
+            if self.training and self.dropout.p > 0:
+                h = h * (torch.rand_like(h) >= self.dropout.p)
+            return self.fc2(h)
+
+    return Mutated
+
+
 # -------------------------------------------------------------------------------------- TransformerBlock
 @mutant("TransformerBlock", "pre-norm with the residual taken from the normed x: h = ln(x); x = h + attn(h)",
         MUTANTS, from_reference=True)
