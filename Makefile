@@ -19,15 +19,17 @@ NOBOX       ?=
 SANDBOX_MEMORY ?=
 REBUILD     ?=
 PYTEST_ARGS ?=
+PORT        ?= 8890
 
 .DEFAULT_GOAL := all
-.PHONY: all help setup sandbox browser progress data models student release grade lab test test-fast test-calibration lint clean
+.PHONY: all help setup sandbox browser progress data models student release grade formgrader grades lab test test-fast test-calibration lint clean
 
 all: setup sandbox data models student release ## set everything up and build both releases (the README's first command)
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  make %-10s %s\n", $$1, $$2}'
 	@echo "  make grade SUBMISSIONS=<dir or .zip> OUT=<dir> [WORKERS=N] [RESUME=1]   autograde a class (see README)"
+	@echo "  make formgrader OUT=<dir>, then make grades OUT=<dir>                    grade the written answers by hand"
 
 setup: $(VENV)/.installed ## create .venv with the pinned packages (idempotent)
 
@@ -84,6 +86,16 @@ release: student ## write dist/transformer-deep-dive-{student,instructor}.zip
 grade: setup sandbox ## autograde: make grade SUBMISSIONS=<dir or .zip> OUT=<dir> [WORKERS=N] [SCHEDULER=tcp://...] [RESUME=1] [NOBOX=1] [SANDBOX_MEMORY=GiB]
 	@test -n "$(SUBMISSIONS)" -a -n "$(OUT)" || { echo "usage: make grade SUBMISSIONS=<dir or .zip> OUT=<new dir> [WORKERS=N] [SCHEDULER=tcp://host:8786] [RESUME=1]"; exit 2; }
 	$(PY) -m grader.grade "$(SUBMISSIONS)" "$(OUT)" $(if $(WORKERS),--workers $(WORKERS)) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(RESUME),--resume) $(if $(NOBOX),--no-sandbox) $(if $(SANDBOX_MEMORY),--sandbox-memory $(SANDBOX_MEMORY))
+
+# The written answers (modules 04, 08, 09, 11) are graded by a person: nbgrader's formgrader on a graded
+# run, then the outputs written again with the hand grades (grader/manual.py).
+formgrader: setup ## open nbgrader's formgrader on a graded run to grade the written answers: make formgrader OUT=<dir> [PORT=8890]
+	@test -n "$(OUT)" || { echo "usage: make formgrader OUT=<the OUT of a make grade run> [PORT=8890]"; exit 2; }
+	$(PY) -m grader.manual formgrader "$(OUT)" --port $(PORT)
+
+grades: setup ## after hand-grading: grades.csv, cell_grades.csv and feedback pages again from the gradebook: make grades OUT=<dir>
+	@test -n "$(OUT)" || { echo "usage: make grades OUT=<the OUT of a make grade run>"; exit 2; }
+	$(PY) -m grader.manual grades "$(OUT)"
 
 # Runs (in a full checkout also grades) the course notebooks the learner has worked on; never writes them.
 progress: setup ## table of your exercises: visible test passed / failed / not attempted, points and feedback pages [VISIBLE=1: no grading]

@@ -8,7 +8,8 @@ A notebook counts as worked on when one of its exercise cells differs from the r
 checksum of the cell, which the release stores in the cell's metadata). Each such notebook is run
 headlessly on a copy, in a temporary folder: your notebooks (and the files beside them) are never
 touched, and what is read is what is saved on disk, so save first. For every exercise the table
-says: visible test passed, failed (with the first line of its message) or not attempted.
+says: visible test passed, failed (with the first line of its message) or not attempted; a written
+answer (the reports of modules 04, 08, 09 and 11) is "written: to be graded by hand" or "not written".
 
 In the student zip that is all it can say: the hidden checks are not there. In a full checkout of
 the repository (a learner studying from it alone), the notebooks are also graded by the course's
@@ -40,13 +41,16 @@ LEARNER = "learner"  # the student id of the learner's own grading run
 PASSED_LINE = "visible tests passed"
 
 PASSED, FAILED, NOT_ATTEMPTED, NOT_RUN = "passed", "failed", "not attempted", "not run"
+# A written answer (a hand-graded answer cell: the reports of modules 04, 08, 09 and 11) has no visible test.
+WRITTEN, NOT_WRITTEN = "written: to be graded by hand", "not written"
 
 
 @dataclass
 class Exercise:
-    name: str  # the graded function or class, e.g. "causal_mask"
+    name: str  # the graded function or class, e.g. "causal_mask"; an answer cell's grade id
     attempted: bool  # its solution cell differs from the release
-    status: str = NOT_RUN  # passed / failed / not attempted / not run
+    status: str = NOT_RUN  # passed / failed / not attempted / not run; answers: written / not written
+    kind: str = "exercise"  # "exercise" (code with a visible test) or "answer" (written, graded by hand)
     message: str = ""  # the first line of what went wrong
     detail: str = ""  # all of it (an assertion may go on with the tensors it compared)
     score: float | None = None  # hidden checks' points (full checkout only)
@@ -68,6 +72,11 @@ class Module:
     def count(self, status: str) -> int:
         return sum(e.status == status for e in self.exercises)
 
+    @property
+    def n_exercises(self) -> int:
+        """The code exercises, which have visible tests (written answers have none)."""
+        return sum(e.kind == "exercise" for e in self.exercises)
+
 
 # ----------------------------------------------------------------------------- reading a notebook
 
@@ -83,12 +92,23 @@ def _changed(cell) -> bool:
     return recorded is not None and compute_checksum(cell) != recorded
 
 
+def _is_answer(cell) -> bool:
+    """A hand-graded answer cell (nbgrader's "manually graded answer": markdown you write)."""
+    return cell.get("cell_type") == "markdown" and bool(_nbgrader(cell).get("grade")) and bool(_nbgrader(cell).get("solution"))
+
+
 def exercises(nb) -> list[Exercise]:
-    """The exercises of a course notebook, in order: one per `<name>_solution` cell."""
+    """The exercises of a course notebook, in order: one per `<name>_solution` cell, and one per written
+    answer cell (already judged: written or not; a person grades it)."""
     found = []
     for cell in nb.cells:
         grade_id = _nbgrader(cell).get("grade_id", "")
-        if _nbgrader(cell).get("solution") and grade_id.endswith("_solution"):
+        if _is_answer(cell):
+            written = _changed(cell)
+            found.append(Exercise(name=grade_id, attempted=written, kind="answer",
+                                  status=WRITTEN if written else NOT_WRITTEN,
+                                  message="your instructor grades it with a rubric" if written else ""))
+        elif _nbgrader(cell).get("solution") and grade_id.endswith("_solution"):
             found.append(Exercise(name=grade_id.removesuffix("_solution"), attempted=_changed(cell)))
     return found
 
@@ -118,7 +138,7 @@ def _printed(cell) -> str:
 
 def judge(executed, found: list[Exercise]) -> None:
     """Fill each exercise's status and message from an executed copy of its notebook."""
-    for ex in found:
+    for ex in (e for e in found if e.kind == "exercise"):
         solution, visible = _cell(executed, f"{ex.name}_solution"), _cell(executed, f"{ex.name}_visible")
         if not ex.attempted:
             _say(ex, NOT_ATTEMPTED)
@@ -242,8 +262,10 @@ def grade_modules(modules: list[Module], out: Path, workers: int | None) -> str:
             judge(executed, m.exercises)
             m.note = "; ".join(n for n in (m.note, other_errors(executed)) if n)
         for ex in m.exercises:
-            cell = cells.get((m.module, f"{ex.name}_hidden"), {})
+            cell = cells.get((m.module, f"{ex.name}_hidden" if ex.kind == "exercise" else ex.name), {})
             ex.score, ex.max_score = _number(cell.get("score")), _number(cell.get("max_score"))
+            if ex.kind == "answer" and cell.get("needs_manual_grade") == "True":
+                ex.score = None  # not graded yet: its 0 is a placeholder (_exercise_points says "by hand")
     return note
 
 
@@ -314,6 +336,12 @@ def _points(score, max_score) -> str:
     return f"{score:g} / {max_score:g}"
 
 
+def _exercise_points(e: Exercise) -> str:
+    if e.kind == "answer" and e.score is None and e.max_score is not None:
+        return f"by hand / {e.max_score:g}"  # written: a person grades it
+    return _points(e.score, e.max_score)
+
+
 def _table(header: list[str], rows: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip()
@@ -322,20 +350,20 @@ def _table(header: list[str], rows: list[list[str]]) -> str:
 
 def text_report(modules: list[Module], graded: bool) -> str:
     """The exercise table (modules worked on) and the per-module summary."""
-    head = ["module", "exercise", "visible test"] + (["points"] if graded else []) + ["message"]
+    head = ["module", "exercise", "visible test / answer"] + (["points"] if graded else []) + ["message"]
     rows = []
     for m in modules:
         if not m.started:
             continue
         for e in m.exercises:
             message = e.message if len(e.message) <= 100 else e.message[:97] + "..."
-            rows.append([m.module, e.name, e.status] + ([_points(e.score, e.max_score)] if graded else [])
+            rows.append([m.module, e.name, e.status] + ([_exercise_points(e)] if graded else [])
                         + [message])
     parts = [_table(head, rows)] if rows else ["No exercise attempted yet: open course/01_rnn_bottleneck first."]
     head = ["module", "passed", "failed", "not attempted"] + (["points", "feedback"] if graded else []) + ["note"]
     rows = []
     for m in modules:
-        n = len(m.exercises)
+        n = m.n_exercises
         if not m.started:
             rows.append([m.module, f"0 / {n}", "", "", *([""] * 2 * graded), m.note or "not started"])
             continue
@@ -356,7 +384,8 @@ def _relative(path: str) -> str:
 
 def html_report(modules: list[Module], graded: bool, note: str) -> str:
     """The same tables as a page, each status coloured, feedback pages linked."""
-    colour = {PASSED: "#1a7f37", FAILED: "#cf222e", NOT_ATTEMPTED: "#6e7781", NOT_RUN: "#9a6700"}
+    colour = {PASSED: "#1a7f37", FAILED: "#cf222e", NOT_ATTEMPTED: "#6e7781", NOT_RUN: "#9a6700", WRITTEN: "#0969da",
+              NOT_WRITTEN: "#6e7781"}
     esc = html.escape
     out = ["<!doctype html><meta charset='utf-8'><title>Transformer Deep Dive: progress</title>",
            "<style>body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
@@ -366,18 +395,18 @@ def html_report(modules: list[Module], graded: bool, note: str) -> str:
            "<th>not attempted</th>" + ("<th>points</th><th>feedback</th>" if graded else "") + "<th>note</th></tr>"]
     for m in modules:
         link = f"<a href='{esc(Path(m.feedback).as_uri())}'>feedback</a>" if m.feedback else ""
-        cols = ([f"{m.count(PASSED)} / {len(m.exercises)}", str(m.count(FAILED)), str(m.count(NOT_ATTEMPTED))]
-                if m.started else [f"0 / {len(m.exercises)}", "", ""])
+        cols = ([f"{m.count(PASSED)} / {m.n_exercises}", str(m.count(FAILED)), str(m.count(NOT_ATTEMPTED))]
+                if m.started else [f"0 / {m.n_exercises}", "", ""])
         cells = [esc(c) for c in cols] + ([esc(_points(m.score, m.max_score)), link] if graded else [])
         out.append(f"<tr><td>{esc(m.module)}</td>" + "".join(f"<td>{c}</td>" for c in cells)
                    + f"<td>{esc(m.note or ('' if m.started else 'not started'))}</td></tr>")
-    out.append("</table><h2>Exercises</h2><table><tr><th>module</th><th>exercise</th><th>visible test</th>"
+    out.append("</table><h2>Exercises</h2><table><tr><th>module</th><th>exercise</th><th>visible test / answer</th>"
                + ("<th>points</th>" if graded else "") + "<th>message</th></tr>")
     for m in (m for m in modules if m.started):
         for e in m.exercises:
             out.append(f"<tr><td>{esc(m.module)}</td><td><code>{esc(e.name)}</code></td>"
                        f"<td style='color:{colour[e.status]}'>{esc(e.status)}</td>"
-                       + (f"<td>{_points(e.score, e.max_score)}</td>" if graded else "")
+                       + (f"<td>{esc(_exercise_points(e))}</td>" if graded else "")
                        + (f"<td><details><summary>{esc(e.message)}</summary><pre>{esc(e.detail)}</pre></details></td>"
                           if e.detail else f"<td>{esc(e.message)}</td>") + "</tr>")
     out.append("</table>")

@@ -66,8 +66,8 @@ from grader.sandbox import check as sandbox_check
 from grader.task import Row, course_fingerprint, grade_task, usable_cores, warm_worker
 
 STUDENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@+-]*$")
-GRADE_COLUMNS = ["student_id", "assignment", "score", "max_score", "status", "message"]
-CELL_COLUMNS = ["student_id", "assignment", "grade_id", "score", "max_score"]
+GRADE_COLUMNS = ["student_id", "assignment", "score", "max_score", "status", "needs_manual_grade", "message"]
+CELL_COLUMNS = ["student_id", "assignment", "grade_id", "score", "max_score", "needs_manual_grade"]
 VERDICT_COLUMNS = ["student_id", "assignment", "grade_id", "check", "points", "score", "verdict", "kernel", "message"]
 TIMING_COLUMNS = ["student_id", "assignment", "status", "wall_s", "execute_s", "overhead_s", "judge_s", "worker",
                   "start_s"]
@@ -182,7 +182,12 @@ def build_template(log, assignments: list[str]) -> bytes:
 
 
 def read_scores(db: Path, rows: list[Row]) -> list[dict]:
+    """Each row's score and one dict per graded cell: the autograded cells' points are the trusted
+    verdicts' (checked against the gradebook: _trusted_or_flagged); a hand-graded answer cell has 0
+    until a person grades it (grader/manual.py), and the row then says `needs_manual_grade`."""
     from nbgrader.api import Gradebook, MissingEntry
+
+    from grader.manual import CellGrade, answer_grade, hand_summary
 
     cells = []
     with Gradebook(f"sqlite:///{db}") as gb:
@@ -191,6 +196,7 @@ def read_scores(db: Path, rows: list[Row]) -> list[dict]:
                 continue
             assignment = gb.find_assignment(row.assignment)
             row.max_score = float(assignment.max_score)
+            answers: list[CellGrade] = []
             if row.status != "graded":
                 row.score = 0.0
                 grades = [(gc.name, 0.0, float(gc.max_score)) for nb in assignment.notebooks for gc in nb.grade_cells]
@@ -200,12 +206,18 @@ def read_scores(db: Path, rows: list[Row]) -> list[dict]:
                 except MissingEntry:
                     row.status, row.message = "error", "no grades recorded by nbgrader"
                     continue
-                row.score = float(sub.score)
-                grades = [(g.name, float(g.score), float(g.max_score)) for nb in sub.notebooks for g in nb.grades]
+                grades = [(g.name, float(g.score), float(g.max_score)) for nb in sub.notebooks for g in nb.grades
+                          if g.cell_type != "markdown"]
+                answers = [answer_grade(g) for nb in sub.notebooks for g in nb.grades if g.cell_type == "markdown"]
+                row.score = sum(score for _, score, _ in grades)
                 grades = _trusted_or_flagged(row, grades)
-            for name, score, max_score in sorted(grades):
+                row.score += sum(a.score for a in answers)
+                row.needs_manual_grade = any(a.needs_manual_grade for a in answers)
+                row.hand = hand_summary(answers)
+            waiting = {a.grade_id for a in answers if a.needs_manual_grade}
+            for name, score, max_score in sorted(grades + [(a.grade_id, a.score, a.max_score) for a in answers]):
                 cells.append({"student_id": row.student_id, "assignment": row.assignment, "grade_id": name,
-                              "score": score, "max_score": max_score})
+                              "score": score, "max_score": max_score, "needs_manual_grade": name in waiting})
     return cells
 
 
@@ -331,7 +343,7 @@ def _so_far(path: Path, row: dict) -> None:
         if new:
             writer.writerow(GRADE_COLUMNS)
         writer.writerow([row["student_id"], row["assignment"], f"{score:g}", f"{top:g}" if top else "",
-                         row["status"], str(row["message"]).replace("\n", " ")[:300]])
+                         row["status"], "", str(row["message"]).replace("\n", " ")[:300]])
         f.flush()
         os.fsync(f.fileno())
 
@@ -451,7 +463,7 @@ def merge(out: Path, state: Path, rows: list[Row], results: dict, log, began: fl
     cells = read_scores(out / "gradebook.db", rows)
     timing = []
     for row in rows:
-        row.message = "; ".join(filter(None, [*row.notes, row.message])).replace("\n", " ")
+        row.message = "; ".join(filter(None, [*row.notes, row.message, row.hand])).replace("\n", " ")
         result = results.get((row.student_id, row.assignment))
         if result is not None:
             part = _part_dir(state, row.student_id, row.assignment)

@@ -43,3 +43,12 @@ c.Autograde.autograde_preprocessors = [
     "nbgrader.preprocessors.CheckCellMetadata",
 ]
 c.CapOutputBytes.max_bytes = 100_000
+
+# A feedback page goes to the learner: the rubric cells that grading puts under each hand-graded
+# answer cell of the executed notebook (for the grader, grader/manual.py) stay out of it.
+c.GenerateFeedback.preprocessors = [
+    "nbgrader.preprocessors.GetGrades",
+    "grader.preprocessors.RemoveRubrics",
+    "grader.preprocessors.MarkWaitingAnswers",
+    "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
+]

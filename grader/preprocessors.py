@@ -88,3 +88,40 @@ class RecordTiming(NbGraderPreprocessor):
 
 def _utc(stamp: str) -> datetime:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+RUBRIC_TAG = "rubric"  # grader/manual.py: a rubric cell the grader reads under an answer cell
+
+
+class RemoveRubrics(NbGraderPreprocessor):
+    """Drop the rubric cells that grading puts under each hand-graded answer cell of an executed
+    notebook (grader/manual.py): the grader reads them in the formgrader; a feedback page, which goes
+    to the learner, never shows them."""
+
+    def preprocess(self, nb, resources):
+        nb.cells = [c for c in nb.cells if RUBRIC_TAG not in c.get("metadata", {}).get("tags", [])]
+        return nb, resources
+
+
+class MarkWaitingAnswers(NbGraderPreprocessor):
+    """On a feedback page, an answer cell that waits for hand-grading says so in its comment: nbgrader
+    shows its score as 0, which is not a grade yet. Runs after GetGrades."""
+
+    text = "Waiting for hand-grading: a person reads this answer with the module's rubric; the 0 above is not a grade yet."
+
+    def preprocess(self, nb, resources):
+        from nbgrader.api import Gradebook, MissingEntry
+
+        meta = resources["nbgrader"]
+        with Gradebook(meta["db_url"]) as gb:
+            for cell in nb.cells:
+                nbg = cell.get("metadata", {}).get("nbgrader", {})
+                if cell.cell_type != "markdown" or not (nbg.get("grade") and nbg.get("solution")):
+                    continue
+                try:
+                    grade = gb.find_grade(nbg["grade_id"], meta["notebook"], meta["assignment"], meta["student"])
+                except MissingEntry:
+                    continue
+                if grade.manual_score is None and grade.auto_score is None:
+                    nbg["comment"] = "\n\n".join(filter(None, [self.text, nbg.get("comment")]))
+        return nb, resources

@@ -20,6 +20,7 @@ from pathlib import Path
 import nbformat
 
 from grader.hidden import CellVerdict, HiddenTest, judge_cell
+from grader.manual import insert_rubrics
 
 CODE_NOTE = "# The code of this hidden test stays with the grader; its verdict was judged outside your notebook."
 
@@ -76,9 +77,11 @@ def verdict_outputs(cell: CellVerdict) -> list:
 
 
 def score_submission(student_id: str, assignment: str, notebook: Path, tests: list[HiddenTest],
-                     record_dir: Path, db: Path) -> tuple[list[VerdictRow], list[str]]:
-    """Judge, store and show the hidden tests of one executed submission (see the module docstring).
-    Returns (one row per check, notes for the instructor)."""
+                     record_dir: Path, db: Path, rubrics: dict | None = None) -> tuple[list[VerdictRow], list[str]]:
+    """Judge, store and show the hidden tests of one executed submission (see the module docstring),
+    and put each hand-graded answer cell's rubric under it for the grader (`rubrics`: {grade id:
+    (points, rubric)}, grader/manual.py; feedback pages leave them out). Returns (one row per check,
+    notes for the instructor)."""
     from nbgrader.api import Gradebook, MissingEntry
 
     judged = [(test, judge_cell(test, record_dir)) for test in tests]  # never raises
@@ -111,6 +114,8 @@ def score_submission(student_id: str, assignment: str, notebook: Path, tests: li
         if cell is not None:
             cell.source = "\n".join(filter(None, [test.description, CODE_NOTE]))
             cell.outputs = verdict_outputs(verdict)
+    if rubrics:
+        insert_rubrics(nb, rubrics)
     notebook.chmod(0o644)  # nbgrader leaves executed notebooks read-only
     nbformat.write(nb, notebook)
     return rows, notes

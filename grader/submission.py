@@ -15,6 +15,10 @@ notebook, and every repair is reported in the learner's grade message:
   copied from the release, and nbgrader then restores its full source from the gradebook as
   for any locked cell. (nbgrader's own `add_missing_cells` crashes when the cell before a
   missing one is a read-only cell, as every visible test is.)
+- a hand-graded answer cell deleted (grader/manual.py): put back as released, so nbgrader scores
+  it 0 ("No response.") and the message says so. An answer cell whose metadata was stripped is
+  found only if it is still as released; a written one is then put back empty too, and the
+  message tells the instructor to look for the answer by hand.
 """
 
 import copy
@@ -84,7 +88,7 @@ def repair(nb, release_nb) -> list[str]:
     for the grade message (empty if nothing had to be repaired).
     """
     present = {_grade_id(c): i for i, c in enumerate(nb.cells) if _grade_id(c)}
-    restored, placeholders, tests = [], [], []
+    restored, placeholders, tests, answers = [], [], [], []
     pos = -1  # index in nb.cells of the last graded cell seen, in release order
     for rcell in release_nb.cells:
         gid = _grade_id(rcell)
@@ -105,7 +109,10 @@ def repair(nb, release_nb) -> list[str]:
                 break
         else:
             meta = rcell.metadata["nbgrader"]
-            if meta.get("solution"):
+            if meta.get("solution") and rcell.cell_type == "markdown":  # a hand-graded answer cell
+                stub = copy.deepcopy(rcell)  # as released: nbgrader scores it 0, "No response."
+                answers.append(gid)
+            elif meta.get("solution"):
                 stub = nbformat.v4.new_code_cell(f"# The solution cell '{gid}' was missing from the submission.")
                 stub.metadata = copy.deepcopy(rcell.metadata)
                 placeholders.append(gid)
@@ -125,4 +132,7 @@ def repair(nb, release_nb) -> list[str]:
         notes.append(f"solution cell(s) missing: {', '.join(placeholders)}")
     if tests:
         notes.append(f"test cell(s) restored: {', '.join(tests)}")
+    if answers:
+        notes.append(f"answer cell(s) missing, put back empty (0 points; if the answer was written in another cell, "
+                     f"grade it by hand): {', '.join(answers)}")
     return notes

@@ -51,6 +51,8 @@ class Row:
     notes: list = field(default_factory=list, repr=False)
     verdicts: list = field(default_factory=list, repr=False)
     judge_s: float = field(default=0.0, repr=False)  # seconds spent judging the records
+    needs_manual_grade: bool = False  # an answer cell waits for a person (grader/manual.py)
+    hand: str = field(default="", repr=False)  # the message's part about hand-graded cells
 
 
 def usable_cores() -> int:
@@ -76,7 +78,7 @@ def course_fingerprint() -> str:
 # ----------------------------------------------------------------------------- per worker process
 
 _local = threading.local()  # one nbgrader server per worker thread
-_templates: dict = {}  # digest -> (folder, releases, hidden tests), unpacked once per process
+_templates: dict = {}  # digest -> (folder, releases, hidden tests, rubrics), unpacked once per process
 _lock = threading.Lock()
 _FINGERPRINT = None
 
@@ -114,6 +116,7 @@ def warm_worker(assignments: list[str], threads: int | None = None, sandbox: int
 
 def _template(blob: bytes):
     from grader.hidden import hidden_tests
+    from grader.manual import answer_cells
 
     digest = hashlib.sha256(blob).hexdigest()
     with _lock:
@@ -124,14 +127,15 @@ def _template(blob: bytes):
             aids = sorted(p.name for p in (folder / "course").iterdir() if p.is_dir())
             releases = {aid: nbformat.read(folder / "course" / aid / f"{aid}.ipynb", as_version=4) for aid in aids}
             tests = {aid: hidden_tests(aid, folder / "solutions" / aid / f"{aid}.ipynb") for aid in aids}
-            _templates[digest] = (folder, releases, tests)
+            rubrics = {aid: answer_cells(folder / "solutions" / aid / f"{aid}.ipynb") for aid in aids}
+            _templates[digest] = (folder, releases, tests, rubrics)
         return _templates[digest]
 
 
 @atexit.register
 def _remove_folders() -> None:
     """This process's unpacked templates and kernel spec go when it exits."""
-    for folder, _, _ in _templates.values():
+    for folder, *_ in _templates.values():
         shutil.rmtree(folder, ignore_errors=True)
     if getattr(_kernelspec, "folder", None) is not None:
         shutil.rmtree(_kernelspec.folder, ignore_errors=True)
@@ -200,10 +204,11 @@ def _limit_notes(autograded: Path, memory: int | None) -> list[str]:
 
 
 def grade_one(row: Row, notebook: Path, work: Path, release, tests, cell_timeout: int, cap: int,
-              threads: int, server, log_path: Path, phases: dict, sandbox_memory: int | None = None
-              ) -> tuple[Row, float]:
+              threads: int, server, log_path: Path, phases: dict, sandbox_memory: int | None = None,
+              rubrics: dict | None = None) -> tuple[Row, float]:
     """Autograde one notebook in the course `work`; (row, seconds its cells ran). With
-    `sandbox_memory` (bytes) its kernel runs in the sandbox, with that much address space."""
+    `sandbox_memory` (bytes) its kernel runs in the sandbox, with that much address space. `rubrics`
+    ({answer cell: (points, rubric)}) go under the answer cells of the executed notebook."""
     # Imported here, not at the top: the dispatcher imports this module and needs no torch.
     from grader.scoring import score_submission
     from grader.trusted import RECORD_DIR_ENV
@@ -269,7 +274,7 @@ def grade_one(row: Row, notebook: Path, work: Path, release, tests, cell_timeout
         return row, execute_s
     t0 = time.perf_counter()
     row.verdicts, disagreements = score_submission(row.student_id, row.assignment, out, tests, records,
-                                                   work / "gradebook.db")
+                                                   work / "gradebook.db", rubrics)
     row.judge_s = time.perf_counter() - t0
     row.notes += disagreements
     row.message = _failure_summary(out)
@@ -298,7 +303,7 @@ def grade_task(spec: dict, template: bytes) -> dict:
     with tempfile.TemporaryDirectory(prefix="deepdive-task-") as tmp:
         log_path = Path(tmp) / "nbgrader.log"
         try:
-            folder, releases, tests = _template(template)
+            folder, releases, tests, rubrics = _template(template)
             threads = _threads(spec)
             import torch
 
@@ -313,7 +318,8 @@ def grade_task(spec: dict, template: bytes) -> dict:
             if spec.get("sandbox"):
                 sandbox_check(spec["sandbox"])  # on a cluster: this worker's machine
             row, execute_s = grade_one(row, notebook, work, releases[aid], tests[aid], spec["cell_timeout"],
-                                       spec["cap"], threads, server, log_path, phases, spec.get("sandbox"))
+                                       spec["cap"], threads, server, log_path, phases, spec.get("sandbox"),
+                                       rubrics[aid])
             for kind in ("autograded", "feedback"):
                 base = work / kind / sid / aid
                 for path in sorted(base.rglob("*")) if base.is_dir() else []:

@@ -114,12 +114,16 @@ def _figure_cells(nb) -> list[int]:
 class Lab:
     url: str
     token: str
-    course: Path  # the copy of course/ it serves
+    course: Path  # the folder it serves: a copy of course/, or a graded run (the formgrader)
     log: Path
     runtime_dir: Path
 
     def api(self, path: str):
         with urllib.request.urlopen(f"{self.url}/api/{path}?token={self.token}", timeout=10) as reply:
+            return json.load(reply)
+
+    def api_formgrader(self, path: str):
+        with urllib.request.urlopen(f"{self.url}/formgrader/api/{path}?token={self.token}", timeout=10) as reply:
             return json.load(reply)
 
     def shut_down_sessions(self) -> None:
@@ -227,10 +231,17 @@ def lab(tmp_path_factory):
            f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={course}"]
     if os.geteuid() == 0:
         cmd.append("--allow-root")
-    log = tmp / "jupyter-lab.log"
+    with _serving(cmd, course, env, tmp / "jupyter-lab.log", port, token) as server:
+        yield server
+
+
+@contextmanager
+def _serving(cmd: list[str], root: Path, env: dict, log: Path, port: int, token: str):
+    """A Jupyter server started by `cmd` in `root`, its output in `log`: yields it once it answers, and
+    stops it (and its kernels) afterwards, even when a test fails."""
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=course, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    server = Lab(f"http://127.0.0.1:{port}", token, course, log, Path(env["JUPYTER_RUNTIME_DIR"]))
+        proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    server = Lab(f"http://127.0.0.1:{port}", token, root, log, Path(env["JUPYTER_RUNTIME_DIR"]))
     try:
         _wait_for_server(server, proc)
         yield server
@@ -503,3 +514,118 @@ def test_the_plots_of_a_finished_notebook_render_as_images(lab, page):
         assert images.count() >= len(figures), f"{images.count()} images for {len(figures)} figure cells"
         cells.nth(figures[-1]).locator(".jp-OutputArea-output img").first.scroll_into_view_if_needed()
         _keep_screenshot(page, f"{aid}-plots")
+
+
+# ----------------------------------------------------------------------------- the instructor's formgrader
+
+WRITTEN_AID = "04_positional_encoding"  # a module with a hand-graded answer cell (grader/manual.py)
+WRITTEN_ID = "positions_report_answer"
+ANSWER = ("Within the training length every scheme with positions is near 1.0, so the learned table is enough. "
+          "Beyond it the learned rows were never trained and fall to chance; RoPE degrades least.")
+COMMENT = "Good reading of the table; say which row shows the untrained positions."
+FORMGRADER_SAVE_S = 30
+
+
+@pytest.fixture(scope="module")
+def formgrader(tmp_path_factory):
+    """A graded batch of module 04 and nbgrader's formgrader on it, started as `make formgrader` starts it
+    (grader.manual: the run's folder made a course, the Jupyter server run from it), with every Jupyter
+    state directory in tmp. Two learners: `ada` wrote the report (her code exercises are the release's
+    stubs, so the notebook grades in seconds), `bob` handed in the release untouched."""
+    from grader.manual import formgrader_command, prepare_formgrader
+
+    tmp = tmp_path_factory.mktemp("formgrader")
+    subs, out = tmp / "submitted", tmp / "out"
+    release = nbformat.read(ROOT / "course" / WRITTEN_AID / f"{WRITTEN_AID}.ipynb", as_version=4)
+    for student, text in (("ada", ANSWER), ("bob", None)):
+        nb = nbformat.from_dict(json.loads(json.dumps(release)))
+        if text:
+            nb.cells[_index(nb, WRITTEN_ID)].source = text
+        (subs / student / WRITTEN_AID).mkdir(parents=True)
+        nbformat.write(nb, subs / student / WRITTEN_AID / f"{WRITTEN_AID}.ipynb")
+    graded = subprocess.run([str(VENV / "bin" / "python"), "-m", "grader.grade", str(subs), str(out), "--workers", "2"],
+                            cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert graded.returncode == 0, f"grading the batch failed:\n{graded.stdout[-2000:]}\n{graded.stderr[-3000:]}"
+    prepare_formgrader(out)
+    env = _isolated_env(tmp / "jupyter")
+    port, token = _free_port(), secrets.token_hex(16)
+    cmd = formgrader_command(out, port, ["--no-browser", "--ServerApp.ip=127.0.0.1", f"--IdentityProvider.token={token}"])
+    with _serving(cmd, out, env, tmp / "formgrader.log", port, token) as server:
+        yield server
+
+
+def _grades_row(out: Path, student: str) -> dict:
+    import csv
+
+    with (out / "grades.csv").open(newline="") as f:
+        return next(r for r in csv.DictReader(f) if r["student_id"] == student and r["assignment"] == WRITTEN_AID)
+
+
+def _hand_grade(out: Path, student: str):
+    """(manual score, manual comment) of the answer cell in the run's gradebook."""
+    from nbgrader.api import Gradebook
+
+    with Gradebook(f"sqlite:///{out / 'gradebook.db'}") as gb:
+        grade = gb.find_grade(WRITTEN_ID, WRITTEN_AID, WRITTEN_AID, student)
+        comment = gb.find_comment(WRITTEN_ID, WRITTEN_AID, WRITTEN_AID, student)
+        return grade.manual_score, comment.manual_comment
+
+
+def test_an_instructor_grades_a_written_answer_in_the_formgrader(formgrader, browser):
+    """The instructor's path of issue 30 in a real browser: Manage Assignments lists the graded module,
+    the submission's page shows the learner's answer with the rubric under it, a score and a comment
+    typed into the formgrader reach the gradebook, and `make grades` (python -m grader.manual grades)
+    puts them into grades.csv and the learner's feedback page, without the rubric."""
+    out = formgrader.course
+    before = {s: _grades_row(out, s) for s in ("ada", "bob")}
+    assert before["ada"]["needs_manual_grade"] == "True" and "waiting for hand-grading: positions_report_answer" in (
+        before["ada"]["message"]), before["ada"]
+    assert before["bob"]["needs_manual_grade"] == "False" and "not written: positions_report_answer" in (
+        before["bob"]["message"]), before["bob"]
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    context.set_default_timeout(30_000)
+    page = context.new_page()
+    try:
+        with _artefacts_on_failure(page, formgrader, "formgrader"):
+            page.goto(f"{formgrader.url}/formgrader/manage_assignments?token={formgrader.token}")
+            page.locator("#main-table").get_by_text(WRITTEN_AID).first.wait_for()
+            submissions = formgrader.api_formgrader(f"submitted_notebooks/{WRITTEN_AID}/{WRITTEN_AID}")
+            ada = next(s for s in submissions if s["student"] == "ada")
+            assert ada["needs_manual_grade"], ada
+            page.goto(f"{formgrader.url}/formgrader/submissions/{ada['id']}/?token={formgrader.token}")
+            page.get_by_text(ANSWER[:60]).wait_for()
+            page.get_by_text("For the grader, not the learner").wait_for()
+            text = page.inner_text("body")
+            where = [text.find(part) for part in (ANSWER[:60], "For the grader, not the learner", f"Rubric: {WRITTEN_ID}")]
+            assert -1 not in where and where == sorted(where), (
+                f"expected the learner's answer, then the rubric under it; found at {where}")
+            score = page.locator(f"input#{WRITTEN_ID}")
+            score.fill("2.5")
+            score.press("Tab")
+            comment = page.locator(f"textarea#{WRITTEN_ID}-comment")
+            comment.fill(COMMENT)
+            comment.press("Tab")
+            deadline = time.monotonic() + FORMGRADER_SAVE_S
+            while _hand_grade(out, "ada") != (2.5, COMMENT):
+                assert time.monotonic() < deadline, f"the formgrader did not save within {FORMGRADER_SAVE_S} s: " \
+                                                    f"{_hand_grade(out, 'ada')}"
+                time.sleep(0.25)  # poll interval: the page saves on its own
+            _keep_screenshot(page, "formgrader")
+    finally:
+        context.close()
+    done = subprocess.run([str(VENV / "bin" / "python"), "-m", "grader.manual", "grades", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    after = {s: _grades_row(out, s) for s in ("ada", "bob")}
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "formgrader-grades.txt").write_text(
+        "".join(f"{when} {s}: {row}\n" for when, rows in (("before", before), ("after", after)) for s, row in rows.items()))
+    print(f"grades.csv before and after: {ARTIFACTS / 'formgrader-grades.txt'}")
+    assert float(after["ada"]["score"]) == float(before["ada"]["score"]) + 2.5, (before["ada"], after["ada"])
+    assert after["ada"]["needs_manual_grade"] == "False", after["ada"]
+    assert "graded by hand: positions_report_answer 2.5/3" in after["ada"]["message"], after["ada"]
+    assert "waiting for hand-grading" not in after["ada"]["message"], after["ada"]
+    assert after["bob"] == before["bob"] | {"score": after["bob"]["score"]} and float(after["bob"]["score"]) == 0.0
+    page_html = (out / "feedback" / "ada" / WRITTEN_AID / f"{WRITTEN_AID}.html").read_text()
+    assert COMMENT in page_html and "2.5 / 3.0" in page_html, "the feedback page lacks the hand grade or comment"
+    assert "For the grader" not in page_html and "Rubric:" not in page_html, "the rubric reached the feedback page"

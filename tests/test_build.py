@@ -13,8 +13,9 @@ import pytest
 
 from grader import build
 from grader.assignments import COURSE, ROOT, assignment_ids, solution_notebook
+from grader.manual import is_answer_cell
 
-MARKERS = re.compile(r"BEGIN SOLUTION|END SOLUTION|BEGIN HIDDEN TESTS|END HIDDEN TESTS")
+MARKERS = re.compile(r"BEGIN SOLUTION|END SOLUTION|BEGIN HIDDEN TESTS|END HIDDEN TESTS|\*\*Rubric: `")
 
 
 @functools.cache
@@ -30,6 +31,8 @@ def solution_lines(aid: str) -> frozenset[str]:
                     # short or generic lines ("return out", "pass") say nothing about the answer
                     if len(line) >= 24 and not line.startswith("#"):
                         lines.add(line)
+        if is_answer_cell(cell):  # a hand-graded answer cell: in the instructor notebook, its rubric
+            lines.update(line.strip() for line in cell.source.splitlines() if len(line.strip()) >= 24)
     return frozenset(lines)
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from grader.assignments import assignment_ids, checks_module, mutants_module, solution_notebook
 from grader.hidden import hidden_tests
+from grader.manual import is_answer_cell
 from grader.reference import reference_namespace
 from grader.trusted import record_and_judge
 
@@ -35,7 +36,7 @@ def graded_names(assignment_id) -> list[str]:
     """The graded API of a notebook: X for every solution cell `X_solution`, in notebook order."""
     nb = nbformat.read(solution_notebook(assignment_id), as_version=4)
     ids = [c.metadata.get("nbgrader", {}).get("grade_id", "") for c in nb.cells
-           if c.metadata.get("nbgrader", {}).get("solution")]
+           if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("solution")]
     return [i.removesuffix("_solution") for i in ids]
 
 
@@ -134,8 +135,10 @@ def test_every_graded_name_has_solution_visible_and_hidden_cells(assignment_id):
         assert ids[i:i + 3] == [f"{name}_solution", f"{name}_visible", f"{name}_hidden"], (
             f"{assignment_id}: {name}_solution must be followed by {name}_visible and {name}_hidden, got {ids[i:i + 3]}")
         assert name in ns, f"{assignment_id}: the cell {name}_solution does not define {name}"
-    graded = {i for i in ids if i} - {f"{n}_{kind}" for n in graded_names(assignment_id)
-                                      for kind in ("solution", "visible", "hidden")}
+    answers = {c.metadata["nbgrader"]["grade_id"] for c in nb.cells if is_answer_cell(c)}
+    assert all(a.endswith("_answer") for a in answers), f"{assignment_id}: an answer cell's id is <name>_answer: {answers}"
+    graded = {i for i in ids if i} - answers - {f"{n}_{kind}" for n in graded_names(assignment_id)
+                                                for kind in ("solution", "visible", "hidden")}
     assert not graded, f"{assignment_id}: grade ids outside the naming rule: {sorted(graded)}"
 
 

@@ -9,6 +9,7 @@ import hashlib
 import html
 import json
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,7 +21,9 @@ import pytest
 from hostile import SANDBOX_TRICKS, TRICKS, hostile_submissions, perfect_submission, sandbox_submissions
 
 from grader.assignments import ROOT, assignment_ids, budget_s, course_notebook, solution_notebook
+from grader.grade import CELL_COLUMNS, GRADE_COLUMNS
 from grader.hidden import split_hidden_source
+from grader.manual import answer_cells
 
 pytestmark = pytest.mark.slow
 ADVERSARIAL_AID = "02_attention"  # the quickest module: the batch below grades it ten times
@@ -82,12 +85,22 @@ def reference_and_stubs(tmp_path_factory):
     return base, subs, before
 
 
+def _answer_points(aid: str) -> float:
+    """The points of the module's hand-graded answer cells (grader/manual.py)."""
+    return sum(points for points, _ in answer_cells(solution_notebook(aid)).values())
+
+
 def test_reference_gets_full_marks(reference_and_stubs):
+    """Every autograded point; the written answers (the instructor notebook holds their rubrics) wait for a
+    person, at 0 points, and the row says so."""
     base, _, _ = reference_and_stubs
     rows = [r for r in read_csv(base / "out" / "grades.csv") if r["student_id"] == "reference"]
     assert {r["assignment"] for r in rows} == set(assignment_ids())
     for r in rows:
-        assert r["status"] == "graded" and float(r["score"]) == float(r["max_score"]) > 0, r
+        by_hand = _answer_points(r["assignment"])
+        assert r["status"] == "graded" and float(r["score"]) == float(r["max_score"]) - by_hand > 0, r
+        assert r["needs_manual_grade"] == str(by_hand > 0), r
+        assert ("waiting for hand-grading:" in r["message"]) == (by_hand > 0), r
 
 
 def test_every_solution_notebook_runs_within_its_time_budget(reference_and_stubs, capsys):
@@ -117,6 +130,10 @@ def test_stubs_fail_every_graded_test(reference_and_stubs):
     assert {r["assignment"] for r in cells} == set(assignment_ids())
     passed = [f"{r['assignment']}:{r['grade_id']}" for r in cells if float(r["score"]) > 0]
     assert not passed, f"these graded tests pass on the released stubs: {passed}"
+    # a released answer cell is "not written": 0 at once, nothing waits for a person
+    assert all(r["needs_manual_grade"] == "False" for r in rows), rows
+    unwritten = {r["assignment"] for r in rows if "not written:" in r["message"]}
+    assert unwritten == {aid for aid in assignment_ids() if _answer_points(aid)}, unwritten
 
 
 def test_outputs_feedback_and_plot(reference_and_stubs):
@@ -127,7 +144,63 @@ def test_outputs_feedback_and_plot(reference_and_stubs):
             assert page.exists() and page.stat().st_size > 1000, f"no feedback page {page}"
     out = base / "out"
     assert (out / "score_distribution.png").stat().st_size > 5000
-    assert set(read_csv(out / "cell_grades.csv")[0]) == {"student_id", "assignment", "grade_id", "score", "max_score"}
+    assert list(read_csv(out / "cell_grades.csv")[0]) == CELL_COLUMNS
+    assert list(read_csv(out / "grades.csv")[0]) == GRADE_COLUMNS
+
+
+def test_hand_grades_reach_every_output(reference_and_stubs, tmp_path):
+    """`make grades` after hand-grading (issue 30): what a grader enters in the formgrader (here written to the
+    gradebook the way the formgrader writes it: manual_score, needs_manual_grade off, manual_comment; the real
+    formgrader is tests/test_browser.py's) reaches grades.csv, cell_grades.csv and the feedback pages; the
+    autograded points stay the trusted verdicts', and a score typed over one is applied and named."""
+    from nbgrader.api import Gradebook
+
+    base, _, _ = reference_and_stubs
+    out = tmp_path / "out"
+    shutil.copytree(base / "out", out)
+    written = [aid for aid in assignment_ids() if _answer_points(aid)]
+    assert written, "no module has a hand-graded answer cell"
+    comment = "Clear, and every claim backed by your table."
+    with Gradebook(f"sqlite:///{out / 'gradebook.db'}") as gb:
+        for aid in written:
+            for answer, (points, _) in answer_cells(solution_notebook(aid)).items():
+                grade = gb.find_grade(answer, aid, aid, "reference")
+                assert grade.needs_manual_grade and grade.auto_score is None and grade.manual_score is None
+                grade.manual_score, grade.needs_manual_grade = points - 1, False
+                gb.find_comment(answer, aid, aid, "reference").manual_comment = comment
+        override = gb.find_grade("causal_mask_hidden", "02_attention", "02_attention", "reference")
+        override.manual_score, override.needs_manual_grade = 1.0, False
+        gb.db.commit()
+    before = {r["assignment"]: r for r in read_csv(out / "grades.csv") if r["student_id"] == "reference"}
+    done = subprocess.run([sys.executable, "-m", "grader.manual", "grades", str(out)], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {r["assignment"]: r for r in read_csv(out / "grades.csv") if r["student_id"] == "reference"}
+    for aid in written:
+        cells = answer_cells(solution_notebook(aid))
+        r = rows[aid]
+        assert float(r["score"]) == float(r["max_score"]) - len(cells), (before[aid], r)
+        assert r["needs_manual_grade"] == "False" and "waiting for hand-grading" not in r["message"], r
+        assert all(f"{answer} {points - 1:g}/{points:g}" in r["message"] for answer, (points, _) in cells.items()), r
+        page = (out / "feedback" / "reference" / aid / f"{aid}.html").read_text()
+        assert comment in page, f"{aid}: the grader's comment is not on the feedback page"
+        executed = nbformat.read(out / "autograded" / "reference" / aid / f"{aid}.ipynb", as_version=4)
+        ids = [gid(c) or ",".join(c.metadata.get("tags", [])) for c in executed.cells]
+        assert all(ids[ids.index(answer) + 1] == "rubric" for answer in cells), f"{aid}: no rubric under each answer cell"
+    r = rows["02_attention"]
+    assert float(r["score"]) == float(before["02_attention"]["score"]) - 3, (before["02_attention"], r)
+    assert "set by hand in the formgrader: causal_mask_hidden 1/4 (verdict 4)" in r["message"], r
+    cells = {(c["assignment"], c["grade_id"]): c for c in read_csv(out / "cell_grades.csv") if c["student_id"] == "reference"}
+    assert float(cells["02_attention", "causal_mask_hidden"]["score"]) == 1.0
+    assert not any(c["needs_manual_grade"] == "True" for c in cells.values())
+    # The rubric cells under the answers are the grader's; the reference's own answers are its rubrics (the
+    # instructor notebook's answer cells), so the stubs' pages show that no rubric text reaches a learner.
+    for page in [*out.glob("feedback/*/*/*.html"), *(base / "out-stubs").glob("feedback/*/*/*.html")]:
+        assert "For the grader, not the learner" not in page.read_text(), f"{page}: a rubric cell reached a feedback page"
+    for page in (base / "out-stubs").glob("feedback/*/*/*.html"):
+        assert "Rubric: " not in page.read_text(), f"{page}: a rubric reached a feedback page"
+    unchanged = [aid for aid in assignment_ids() if aid not in written and aid != "02_attention"]
+    assert all(rows[aid] == before[aid] for aid in unchanged), "rows without hand grades changed"
 
 
 def test_input_is_untouched(reference_and_stubs):

@@ -76,7 +76,29 @@ def test_every_course_notebook_has_exercises_with_visible_tests():
         found = progress.exercises(nb)
         assert found, f"{path.name}: no exercise cells found"
         for e in found:
-            assert progress._cell(nb, f"{e.name}_visible") is not None, f"{path.name}: {e.name} has no visible test"
+            if e.kind == "exercise":
+                assert progress._cell(nb, f"{e.name}_visible") is not None, f"{path.name}: {e.name} has no visible test"
+
+
+def test_a_written_answer_reads_as_written_and_a_released_one_as_not_written():
+    """The reports of modules 04, 08, 09 and 11 are answer cells a person grades: no visible test; the table
+    says whether the learner wrote one (the cell differs from the release)."""
+    answers = {path.parent.name: [e for e in progress.exercises(nbformat.read(path, as_version=4)) if e.kind == "answer"]
+               for path in progress.find_notebooks(COURSE)}
+    assert {m for m, found in answers.items() if found} == {"04_positional_encoding", "08_training_recipes",
+                                                            "09_mini_gpt_capstone", "11_finetune_gpt2_t5"}
+    nb = nbformat.read(COURSE / "04_positional_encoding" / "04_positional_encoding.ipynb", as_version=4)
+    [found] = [e for e in progress.exercises(nb) if e.kind == "answer"]
+    assert (found.name, found.status, found.attempted) == ("positions_report_answer", progress.NOT_WRITTEN, False)
+    cell = next(c for c in nb.cells if _gid(c) == "positions_report_answer")
+    cell.source = "Within the training length all three schemes reach ..."
+    [found] = [e for e in progress.exercises(nb) if e.kind == "answer"]
+    assert (found.status, found.attempted) == (progress.WRITTEN, True)
+    assert found.status == "written: to be graded by hand"
+    module = progress.Module("04_positional_encoding", "x", started=True, exercises=progress.exercises(nb))
+    assert module.n_exercises == 4, "the module's count of exercises leaves the written answer out"
+    report = progress.text_report([module], graded=False)
+    assert "positions_report_answer" in report and "written: to be graded by hand" in report, report
 
 
 def _executed(*outputs):
