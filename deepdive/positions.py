@@ -26,7 +26,7 @@ IGNORE = -100  # label of the first `lag` positions: nothing lies `lag` steps be
 class LookbackConfig:
     vocab_size: int = 16  # symbols in a sequence; chance accuracy is 1 / vocab_size
     lag: int = 3  # the answer at position t is the token at position t - lag
-    seq_len: int = 16  # training length; evaluation goes to 2x and 4x this
+    seq_len: int = 16  # training length T_train; evaluation goes to 2x and 4x this
     d_model: int = 32  # width of the token vectors
     n_heads: int = 2  # attention heads (head size d_model // n_heads)
     batch_size: int = 32  # sequences per training step
@@ -71,8 +71,11 @@ class OneLayerAttention(nn.Module):
           sinusoidal tables), applied before the attention;
       rotate: a function mapping q or k (B, nh, T, hs) to their rotated versions (RoPE), applied to
           the queries and keys inside the attention.
-    With neither, the model cannot tell positions apart (attention is permutation-equivariant and the
-    causal mask alone does not say how far back a token is).
+    With neither, no score can depend on where a key stands: the keys are made from the tokens alone,
+    so two copies of a symbol get the same score wherever they are. The causal mask lets a layer count
+    the tokens it sees (a position signal that models with several layers and no positional encoding
+    learn to use: Haviv et al. 2022, https://arxiv.org/abs/2203.16634), but this single layer cannot
+    single out the token `lag` steps back; the notebook's `none` row measures what it does instead.
     """
 
     def __init__(self, vocab_size: int, d_model: int, n_heads: int, add_positions: nn.Module | None = None,

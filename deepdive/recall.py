@@ -59,8 +59,9 @@ def make_recall_batch(
 ) -> RecallBatch:
     """Sample `batch_size` sequences of 1 + `n_distractors` (key, value) pairs, on the CPU.
 
-    Returns keys, values (B, T+1) and query, target (B,). The pair to recall is at position 0,
-    or at a uniformly random position when `random_position` is True.
+    Returns keys, values (B, n_distractors + 1) and query, target (B,). The pair to recall is at
+    position 0, or at a uniformly random position when `random_position` is True. (Module 01 calls
+    n_distractors `n_pairs`; its RNN reads the pairs and the query as T = n_distractors + 2 steps.)
     """
     n_pairs = n_distractors + 1
     if n_pairs > n_keys:

@@ -109,21 +109,21 @@ def _learner_grads(rnn_forward, inputs, seed):
 
 
 def _oracle_lookup(query, keys, values):
-    out = F.scaled_dot_product_attention(query.unsqueeze(1), keys, values)  # (B, 1, D_v)
+    out = F.scaled_dot_product_attention(query.unsqueeze(1), keys, values)  # (B, 1, dv)
     return out.squeeze(1)
 
 
 @trusted_check(points=4)
 def check_attention_lookup(attention_lookup, seed=0):
     g = generator(seed)
-    for B, T, D, D_v, scale in [(3, 6, 5, 4, 1.0), (2, 1, 8, 3, 1.0), (4, 9, 16, 7, 3.0), (2, 5, 4, 6, 100.0)]:
+    for B, T, d, dv, scale in [(3, 6, 5, 4, 1.0), (2, 1, 8, 3, 1.0), (4, 9, 16, 7, 3.0), (2, 5, 4, 6, 100.0)]:
         # scale=100 gives scores in the thousands: exp() overflows unless the softmax is stable.
-        query = torch.randn(B, D, generator=g) * scale
-        keys = torch.randn(B, T, D, generator=g)
-        values = torch.randn(B, T, D_v, generator=g)
-        case = f"B={B}, T={T}, D={D}, D_v={D_v}, scores up to ~{scale:g} * sqrt(D)"
+        query = torch.randn(B, d, generator=g) * scale
+        keys = torch.randn(B, T, d, generator=g)
+        values = torch.randn(B, T, dv, generator=g)
+        case = f"B={B}, T={T}, d={d}, dv={dv}, scores up to ~{scale:g} * sqrt(d)"
         out = attention_lookup(query, keys, values)
-        assert_shape(out, (B, D_v), f"attention_lookup output ({case})", "one D_v-vector per batch row")
+        assert_shape(out, (B, dv), f"attention_lookup output ({case})", "one dv-vector per batch row")
         if not torch.isfinite(out).all():
             raise AssertionError(
                 f"attention_lookup returned inf/nan ({case}): use torch.softmax (or subtract the max "
@@ -131,10 +131,10 @@ def check_attention_lookup(attention_lookup, seed=0):
             )
         assert_close(
             out, _oracle_lookup(query, keys, values), f"attention_lookup ({case})",
-            hint="scores = keys @ query / sqrt(D), softmax over the T positions, then the weighted sum of values",
+            hint="scores = keys @ query / sqrt(d), softmax over the T positions, then the weighted sum of values",
         )
         # The weights are a probability distribution over positions: equal keys give the mean value.
-        same_keys = keys[:, :1].expand(B, T, D)
+        same_keys = keys[:, :1].expand(B, T, d)
         assert_close(
             attention_lookup(query, same_keys, values), values.mean(dim=1), f"attention_lookup with equal keys ({case})",
             hint="when all keys are equal, every position gets weight 1/T",
@@ -146,20 +146,20 @@ def check_attention_lookup(attention_lookup, seed=0):
 # the settings the notebook uses, from a seed of their own.
 
 RECALL_CFG = RecallConfig()
-RNN_DISTRACTORS = 4  # short sequences: a working RNN solves them
-ATTENTION_DISTRACTORS = 32  # the longest T in the notebook's experiment
+RNN_DISTRACTORS = 4  # n_pairs: short sequences (T = 6 RNN steps), a working RNN solves them
+ATTENTION_DISTRACTORS = 32  # n_pairs: the longest in the notebook's experiment
 
 # Calibration (reference solution from the instructor notebook, CPU float32, RecallConfig()
 # defaults = the notebook's settings, weights and data from the seed as in _train_and_predict):
-#   RNNRecall, T=4:        seeds 0-9 -> 0.996 1.000 1.000 0.997 0.997 1.000 0.997 1.000 0.998 0.997
-#   AttentionRecall, T=32: seeds 0-9 -> 1.000 (all ten)
+#   RNNRecall, n_pairs=4:        seeds 0-9 -> 0.996 1.000 1.000 0.997 0.997 1.000 0.997 1.000 0.998 0.997
+#   AttentionRecall, n_pairs=32: seeds 0-9 -> 1.000 (all ten)
 # Chance is 1/16 = 0.0625. Threshold 0.80: margin >= 0.196 below the worst reference run.
 # Known-broken models, seeds 0-2 (grader/mutants/m01_rnn_bottleneck.py):
 #   RNNRecallRandnInit 0.219 0.206 0.186; RNNRecallKeysOnly 0.063 0.051 0.058;
 #   AttentionRecallKeysAsValues 0.064 0.067 0.073; AttentionRecallMatchesValues 0.142 0.132 0.145;
 #   AttentionRecallMeanPool 0.145 0.149 0.174; AttentionRecallLastPair 0.063 0.060 0.066.
 #   RNNRecallReadsFirstState and RNNRecallForgetsQuery reach 1.000 here (the pair to recall is the
-#   first one, so neither the query nor later states are needed at T=4): the property checks in
+#   first one, so neither the query nor later states are needed at n_pairs=4): the property checks in
 #   check_RNNRecall catch them instead.
 RNN_MIN_ACCURACY = 0.80
 ATTENTION_MIN_ACCURACY = 0.80
@@ -252,7 +252,7 @@ def check_RNNRecall(RNNRecall, seed=0):
     acc = _train_and_predict("RNNRecall", RNN_DISTRACTORS, seed, state)
     if acc < RNN_MIN_ACCURACY:
         raise AssertionError(
-            f"RNNRecall reaches accuracy {acc:.3f} after training on T={RNN_DISTRACTORS} distractors "
+            f"RNNRecall reaches accuracy {acc:.3f} after training on n_pairs={RNN_DISTRACTORS} distractors "
             f"(seed {seed}); a working model gets above {RNN_MIN_ACCURACY} (chance is "
             f"{1 / cfg.n_values:.3f}). Check the input x_t = [key embedding, value embedding], the "
             "initialisation (uniform in +-1/sqrt(hidden), as nn.RNN) and that the head reads h_last."
@@ -277,7 +277,7 @@ def check_AttentionRecall(AttentionRecall, seed=0):
     acc = _train_and_predict("AttentionRecall", ATTENTION_DISTRACTORS, seed, state)
     if acc < ATTENTION_MIN_ACCURACY:
         raise AssertionError(
-            f"AttentionRecall reaches accuracy {acc:.3f} after training on T={ATTENTION_DISTRACTORS} "
+            f"AttentionRecall reaches accuracy {acc:.3f} after training on n_pairs={ATTENTION_DISTRACTORS} "
             f"distractors (seed {seed}); a working model gets above {ATTENTION_MIN_ACCURACY} (chance is "
             f"{1 / cfg.n_values:.3f}). Check that the query and the keys go through the same key "
             "embedding, the values through the value embedding, and that attention_lookup mixes values."

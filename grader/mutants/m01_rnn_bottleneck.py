@@ -110,13 +110,13 @@ def rnn_detached_state(x, W_xh, W_hh, b_h, h0=None):
 # --------------------------------------------------------------------------------------------- attention_lookup
 
 
-@mutant("attention_lookup", "no 1/sqrt(D) scaling of the scores", MUTANTS)
+@mutant("attention_lookup", "no 1/sqrt(d) scaling of the scores", MUTANTS)
 def lookup_no_scaling(query, keys, values):
     scores = (keys @ query.unsqueeze(-1)).squeeze(-1)  # (B, T)
     return (torch.softmax(scores, dim=-1).unsqueeze(1) @ values).squeeze(1)
 
 
-@mutant("attention_lookup", "divides the scores by D instead of sqrt(D)", MUTANTS)
+@mutant("attention_lookup", "divides the scores by d instead of sqrt(d)", MUTANTS)
 def lookup_scale_by_d(query, keys, values):
     scores = (keys @ query.unsqueeze(-1)).squeeze(-1) / query.shape[-1]
     return (torch.softmax(scores, dim=-1).unsqueeze(1) @ values).squeeze(1)
@@ -170,7 +170,7 @@ def _rnn_recall_reads_first_state(ref):
 def _rnn_recall_forgets_query(ref):
     class RNNRecallForgetsQuery(ref["RNNRecall"]):
         def embed(self, keys, values, query):
-            return torch.cat([self.key_emb(keys), self.value_emb(values)], dim=-1)  # (B, T+1, 2 * d_embed)
+            return torch.cat([self.key_emb(keys), self.value_emb(values)], dim=-1)  # (B, n_pairs + 1, 2 * d_embed): no query step
 
     return RNNRecallForgetsQuery
 
@@ -197,7 +197,7 @@ def _rnn_recall_keys_only(ref):
             self.W_xh = nn.Parameter(torch.empty(hidden, d_embed).uniform_(-bound, bound))
 
         def embed(self, keys, values, query):
-            return self.key_emb(torch.cat([keys, query[:, None]], dim=1))  # (B, T+2, d_embed)
+            return self.key_emb(torch.cat([keys, query[:, None]], dim=1))  # (B, T, d_embed), T = n_pairs + 2
 
     return RNNRecallKeysOnly
 
