@@ -1,12 +1,12 @@
 """The toy recall task of module 01, with its training and evaluation loop.
 
-"Recall the value stored with key k after T distractors": a sequence starts with the pair to
-remember, continues with `n_distractors` = T more (key, value) pairs, and ends with a query key;
-the answer is the value stored with the query. Keys are distinct within a sequence, so the answer
-is unique.
+"Recall the value stored with key k after n_pairs distractors": a sequence starts with the pair to
+remember, continues with `n_distractors` (the notebook's `n_pairs`) more (key, value) pairs, and ends
+with a query key; an RNN reads it as T = n_pairs + 2 steps. The answer is the value stored with the
+query. Keys are distinct within a sequence, so the answer is unique.
 
-    keys    7  2  9  4          (B, T+1) ints in [0, n_keys), distinct within a row
-    values  3  3  0  5          (B, T+1) ints in [0, n_values)
+    keys    7  2  9  4          (B, n_pairs + 1) ints in [0, n_keys), distinct within a row
+    values  3  3  0  5          (B, n_pairs + 1) ints in [0, n_values)
     query   7                   (B,)     the key of the pair to recall
     target  3                   (B,)     the value stored with it
 
@@ -40,8 +40,8 @@ class RecallConfig:
 
 @dataclass
 class RecallBatch:
-    keys: torch.Tensor  # (B, T+1) long
-    values: torch.Tensor  # (B, T+1) long
+    keys: torch.Tensor  # (B, n_pairs + 1) long
+    values: torch.Tensor  # (B, n_pairs + 1) long
     query: torch.Tensor  # (B,) long
     target: torch.Tensor  # (B,) long
 
@@ -63,14 +63,14 @@ def make_recall_batch(
     position 0, or at a uniformly random position when `random_position` is True. (Module 01 calls
     n_distractors `n_pairs`; its RNN reads the pairs and the query as T = n_distractors + 2 steps.)
     """
-    n_pairs = n_distractors + 1
-    if n_pairs > n_keys:
-        raise ValueError(f"{n_pairs} distinct keys per sequence need n_keys >= {n_pairs}, got n_keys={n_keys}")
-    # A random permutation of the key vocabulary per row; its first n_pairs entries are distinct.
-    keys = torch.rand(batch_size, n_keys, generator=generator).argsort(dim=-1)[:, :n_pairs]  # (B, T+1)
-    values = torch.randint(0, n_values, (batch_size, n_pairs), generator=generator)  # (B, T+1)
+    n_stored = n_distractors + 1  # every pair of a sequence: the one to recall and the distractors
+    if n_stored > n_keys:
+        raise ValueError(f"{n_stored} distinct keys per sequence need n_keys >= {n_stored}, got n_keys={n_keys}")
+    # A random permutation of the key vocabulary per row; its first n_stored entries are distinct.
+    keys = torch.rand(batch_size, n_keys, generator=generator).argsort(dim=-1)[:, :n_stored]  # (B, n_stored)
+    values = torch.randint(0, n_values, (batch_size, n_stored), generator=generator)  # (B, n_stored)
     if random_position:
-        pos = torch.randint(0, n_pairs, (batch_size,), generator=generator)  # (B,)
+        pos = torch.randint(0, n_stored, (batch_size,), generator=generator)  # (B,)
     else:
         pos = torch.zeros(batch_size, dtype=torch.long)  # (B,)
     rows = torch.arange(batch_size)
