@@ -38,7 +38,7 @@ from pathlib import Path
 import nbformat
 
 from grader.assignments import ROOT, assignment_ids, solution_notebook
-from grader.preprocessors import RUBRIC_TAG
+from grader.preprocessors import RUBRIC_TAG, is_answer_cell
 
 # The message segments this module writes (grades.csv's `message`); `grades` replaces them on every export.
 WAITING = "waiting for hand-grading:"
@@ -54,12 +54,6 @@ class ManualGradingError(Exception):
 
 
 # ----------------------------------------------------------------------------- answer cells and rubrics
-
-def is_answer_cell(cell) -> bool:
-    """An nbgrader "manually graded answer" cell: markdown, graded, written by the learner."""
-    meta = cell.get("metadata", {}).get("nbgrader", {})
-    return cell.get("cell_type") == "markdown" and bool(meta.get("grade")) and bool(meta.get("solution"))
-
 
 def answer_cells(notebook: Path) -> dict[str, tuple[float, str]]:
     """{grade id: (points, rubric)} of an instructor notebook's answer cells, in notebook order (there an
@@ -271,7 +265,7 @@ import sys
 
 sys.path.insert(0, {root!r})  # grader.preprocessors, for the feedback pages
 c = get_config()  # noqa: F821
-c.CourseDirectory.course_id = "transformer-deep-dive"
+load_subconfig({config!r})  # noqa: F821  the course's settings (feedback preprocessors and the rest)
 c.CourseDirectory.root = {out!r}
 c.CourseDirectory.db_url = {db!r}
 c.CourseDirectory.source_directory = "source"  # the instructor notebooks of the graded modules
@@ -279,12 +273,6 @@ c.CourseDirectory.release_directory = "release"
 c.CourseDirectory.submitted_directory = "autograded"  # what was graded: Manage Submissions lists it
 c.CourseDirectory.autograded_directory = "autograded"
 c.CourseDirectory.feedback_directory = "feedback"
-c.GenerateFeedback.preprocessors = [
-    "nbgrader.preprocessors.GetGrades",
-    "grader.preprocessors.RemoveRubrics",
-    "grader.preprocessors.MarkWaitingAnswers",
-    "nbconvert.preprocessors.CSSHTMLHeaderPreprocessor",
-]
 '''
 
 
@@ -314,7 +302,7 @@ def prepare_formgrader(out: Path) -> list[str]:
                 executed.chmod(0o644)
                 nbformat.write(nb, executed)
     (out / "nbgrader_config.py").write_text(FORMGRADER_CONFIG.format(
-        root=str(ROOT), out=str(out), db=f"sqlite:///{out / 'gradebook.db'}"), encoding="utf-8")
+        root=str(ROOT), config=str(ROOT / "grader" / "nbgrader_config.py"), out=str(out), db=f"sqlite:///{out / 'gradebook.db'}"), encoding="utf-8")
     return graded
 
 

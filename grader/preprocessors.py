@@ -93,6 +93,12 @@ def _utc(stamp: str) -> datetime:
 RUBRIC_TAG = "rubric"  # grader/manual.py: a rubric cell the grader reads under an answer cell
 
 
+def is_answer_cell(cell) -> bool:
+    """An nbgrader "manually graded answer" cell: markdown, graded, written by the learner."""
+    meta = cell.get("metadata", {}).get("nbgrader", {})
+    return cell.get("cell_type") == "markdown" and bool(meta.get("grade")) and bool(meta.get("solution"))
+
+
 class RemoveRubrics(NbGraderPreprocessor):
     """Drop the rubric cells that grading puts under each hand-graded answer cell of an executed
     notebook (grader/manual.py): the grader reads them in the formgrader; a feedback page, which goes
@@ -112,16 +118,18 @@ class MarkWaitingAnswers(NbGraderPreprocessor):
     def preprocess(self, nb, resources):
         from nbgrader.api import Gradebook, MissingEntry
 
+        from grader.manual import answer_grade  # the one rule for "waiting" (grades.csv uses it too)
+
         meta = resources["nbgrader"]
         with Gradebook(meta["db_url"]) as gb:
             for cell in nb.cells:
-                nbg = cell.get("metadata", {}).get("nbgrader", {})
-                if cell.cell_type != "markdown" or not (nbg.get("grade") and nbg.get("solution")):
+                if not is_answer_cell(cell):
                     continue
+                nbg = cell.metadata["nbgrader"]
                 try:
                     grade = gb.find_grade(nbg["grade_id"], meta["notebook"], meta["assignment"], meta["student"])
                 except MissingEntry:
                     continue
-                if grade.manual_score is None and grade.auto_score is None:
+                if answer_grade(grade).needs_manual_grade:
                     nbg["comment"] = "\n\n".join(filter(None, [self.text, nbg.get("comment")]))
         return nb, resources
