@@ -14,7 +14,7 @@ import torch
 
 
 def plot_attention_grid(weights: torch.Tensor, titles=None, row_labels=None, tokens=None, suptitle=None,
-                        panel_size: float = 2.3):
+                        panel_size: float = 2.3, vmax: float = 1.0):
     """Draw one heatmap per head; returns the matplotlib Figure.
 
     Args:
@@ -24,6 +24,8 @@ def plot_attention_grid(weights: torch.Tensor, titles=None, row_labels=None, tok
         tokens: optional labels for the positions (used on both axes when Tq == Tk).
         suptitle: a title for the whole figure.
         panel_size: inches per panel.
+        vmax: the weight drawn in the brightest colour (weights above it too); lower it to see the
+            differences between heads whose weights are all far below 1.
     """
     w = weights.detach().float().cpu()
     if w.dim() == 3:
@@ -36,7 +38,7 @@ def plot_attention_grid(weights: torch.Tensor, titles=None, row_labels=None, tok
     for r in range(rows):
         for h in range(nh):
             ax = axes[r][h]
-            image = ax.imshow(w[r, h], vmin=0.0, vmax=1.0, cmap="viridis")
+            image = ax.imshow(w[r, h], vmin=0.0, vmax=vmax, cmap="viridis")
             if r == 0 and titles is not None:
                 ax.set_title(titles[h], fontsize=9)
             if tokens is not None:

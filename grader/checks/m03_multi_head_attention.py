@@ -10,7 +10,8 @@ Oracles (CURRICULUM.md, "Oracle rule"):
   (`deepdive.oracles.torch_multihead_attention`), without and with bool masks (its bool masks mean
   "may NOT attend", so it gets `~mask`, or `key_padding_mask=~pad`); for GQA/MQA the same oracle with
   every K/V head's projection rows repeated for the query heads of its group (done here, not in
-  deepdive, because it reveals repeat_kv's answer).
+  deepdive, because it reveals repeat_kv's answer); cross-attention (`context=`) against the same
+  oracle called with query = x and key = value = context.
 - `mha_param_count`: `sum(p.numel())` over real library modules on the meta device
   (`nn.MultiheadAttention` when every query head has its own K/V head; `nn.Linear` layers of the
   sizes the design states for GQA/MQA), never the learner's class.
@@ -397,6 +398,153 @@ def check_MultiHeadAttention_dropout(MultiHeadAttention, seed=0):
                             "nn.Dropout(dropout) to the attention weights (it is active in train() mode only)")
             else:
                 _compare_with_oracle(call, weights, inputs, outs, 16, 4, None, True, what=f".{'train' if train else 'eval'}()")
+
+
+# ------------------------------------------------------------------ MultiHeadAttention: cross-attention
+_CROSS_TQ_TK = "random (Tq, Tk)"
+_CROSS_PADDING = "context padding (B, 1, 1, Tk)"
+_CROSS_PER_HEAD = "random per head (B, nh, Tq, Tk)"
+
+
+def _make_cross_mask(kind, g, B, t_q, t_k, n_heads):
+    """A bool mask for cross-attention, True = may attend; every query keeps at least one key."""
+    if kind is None:
+        return None
+    if kind == _CROSS_PADDING:  # the context's pad tokens hidden from every head and query
+        lengths = torch.randint(1, t_k + 1, (B,), generator=g)
+        lengths[0] = max(1, t_k - 2)  # at least one padded context
+        return (torch.arange(t_k)[None, :] < lengths[:, None])[:, None, None, :]  # (B, 1, 1, Tk)
+    shape = (t_q, t_k) if kind == _CROSS_TQ_TK else (B, n_heads, t_q, t_k)
+    mask = torch.rand(shape, generator=g) < 0.5
+    mask[..., torch.randint(0, t_k, (), generator=g)] = True  # one key every query may read
+    return mask
+
+
+def _learner_cross_forward(state, weights, inputs, run_seed=0):
+    """On the learner's side: load the check's weights, run forward(x[, mask], context=context) in eval()."""
+    module = state["module"]
+    module.load_state_dict(weights, strict=False)
+    module.eval()
+    outs = []
+    with torch.random.fork_rng(devices=[]), torch.no_grad(), _library_helpers(type(module)):
+        torch.manual_seed(run_seed)
+        for x, mask, context in inputs:
+            outs.append(module(x, context=context) if mask is None else module(x, mask, context=context))
+    return tuple(outs)
+
+
+def _oracle_cross_forward(mha, x, context, mask, n_heads):
+    """nn.MultiheadAttention(query=x, key=value=context) with our bool mask (True = may attend)."""
+    B, t_q, _ = x.shape
+    t_k = context.size(1)
+    with torch.no_grad():
+        if mask is None:
+            return mha(x, context, context, need_weights=False)[0]
+        if mask.dim() == 2:  # (Tq, Tk), shared by the batch
+            return mha(x, context, context, attn_mask=~mask, need_weights=False)[0]
+        if mask.shape[1:3] == (1, 1):  # (B, 1, 1, Tk): the context's padding
+            return mha(x, context, context, key_padding_mask=~mask[:, 0, 0], need_weights=False)[0]
+        per_head = mask.expand(B, n_heads, t_q, t_k).reshape(B * n_heads, t_q, t_k)
+        return mha(x, context, context, attn_mask=~per_head, need_weights=False)[0]
+
+
+def _manual_cross(weights, q_src, k_src, v_src, mask, n_heads, n_kv):
+    """Attention from the same weights with F.scaled_dot_product_attention, queries / keys / values
+    projected from the given sequences (for diagnosing a mismatch); None when the shapes do not fit."""
+    def lin(name, t):
+        return F.linear(t, weights[f"{name}.weight"], weights.get(f"{name}.bias"))
+
+    try:
+        with torch.no_grad():
+            q = _torch_split(lin("q_proj", q_src), n_heads)
+            k = _torch_split(lin("k_proj", k_src), n_kv).repeat_interleave(n_heads // n_kv, dim=1)
+            v = _torch_split(lin("v_proj", v_src), n_kv).repeat_interleave(n_heads // n_kv, dim=1)
+            return lin("out_proj", _HELPERS["merge_heads"](F.scaled_dot_product_attention(q, k, v, attn_mask=mask)))
+    except RuntimeError:
+        return None
+
+
+def _diagnose_cross(out, weights, x, context, mask, n_heads, n_kv) -> str:
+    def close(ref):
+        return ref is not None and out.shape == ref.shape and torch.allclose(out, ref, atol=1e-4, rtol=1e-3)
+
+    suspects = [
+        ((x, x, x, mask), "your output is self-attention over x: context was ignored. Project the keys and values "
+                          "from context"),
+        ((x, x, context, mask), "your keys come from x: project the keys from context (k_proj(context))"),
+        ((x, context, x, mask), "your values come from x: project the values from context (v_proj(context))"),
+        ((context, context, context, mask), "your queries come from context too: project the queries from x "
+                                            "(q_proj(x)); only keys and values come from context"),
+    ]
+    if mask is not None:
+        suspects.append(((x, context, context, None), "your output is cross-attention without the mask: pass the "
+                                                      "mask on when context is given too"))
+    for (q_src, k_src, v_src, m), hint in suspects:
+        if close(_manual_cross(weights, q_src, k_src, v_src, m, n_heads, n_kv)):
+            return hint
+    return ("queries = q_proj(x), keys = k_proj(context), values = v_proj(context), split into heads; scores "
+            "(B, nh, Tq, Tk), masked where the mask (broadcast to (B, nh, Tq, Tk)) is False, softmax over the keys; "
+            "weights @ v; merge the heads; out_proj")
+
+
+def _check_cross_config(MultiHeadAttention, g, cfg, kinds, build_seed):
+    """Build the learner's module for one configuration, load the check's weights, run cross-attention on
+    the check's inputs and compare with nn.MultiheadAttention(x, context, context)."""
+    B, t_q, t_k, d_model, n_heads, n_kv, bias = cfg
+    kwargs = {"n_kv_heads": n_kv, "bias": bias}
+    call = f"MultiHeadAttention({_args(d_model, n_heads, **kwargs)})"
+    state = {}
+    try:
+        shapes = on_learner_side(f"{call}: state_dict shapes", lambda: _learner_build(
+            state, live(MultiHeadAttention), d_model, n_heads, kwargs, build_seed))
+    except LearnerRaised as exc:
+        raise exc.explain(call) from None
+    n_kv = n_heads if n_kv is None else n_kv
+    _check_layout(shapes, d_model, n_heads, n_kv, bias, call)
+    weights = _random_weights(g, d_model, n_heads, n_kv, bias)
+    inputs = [(torch.randn(B, t_q, d_model, generator=g), _make_cross_mask(kind, g, B, t_q, t_k, n_heads),
+               torch.randn(B, t_k, d_model, generator=g), kind) for kind in kinds]
+    what = f"{call}.forward(x {(B, t_q, d_model)}[, mask], context={(B, t_k, d_model)})"
+    try:
+        outs = on_learner_side(f"{call}: cross-attention forward", lambda: _learner_cross_forward(
+            state, {k: w.clone() for k, w in weights.items()},
+            [(x.clone(), None if m is None else m.clone(), c.clone()) for x, m, c, _ in inputs], run_seed=build_seed + 1))
+    except LearnerRaised as exc:
+        raise AssertionError(
+            exc.describe(what) + "\n  With context given, keys and values come from context (Tk tokens), queries "
+            "from x (Tq tokens): the scores are (B, nh, Tq, Tk) and the output (B, Tq, C). " + _USED_LIBRARY) from None
+    if not (isinstance(outs, tuple) and len(outs) == len(inputs)):
+        raise AssertionError(f"{call}: forward gave no output for every input")
+    mha = _oracle(weights, d_model, n_heads, n_kv, bias)
+    for (x, mask, context, kind), out in zip(inputs, outs):
+        where = f"{call}(x {(B, t_q, d_model)}, mask={kind}, context={(B, t_k, d_model)})"
+        assert_shape(out, (B, t_q, d_model), f"{where} output (B, Tq, C)",
+                     "one output per query, so (B, Tq, C): queries come from x, keys and values from context")
+        expected = _oracle_cross_forward(mha, x, context, mask, n_heads)
+        if torch.isfinite(out).all() and torch.allclose(out, expected, atol=1e-5, rtol=1e-4):
+            continue
+        hint = _diagnose_cross(out, weights, x, context, mask, n_heads, n_kv) + " " + _USED_LIBRARY
+        assert_close(out, expected, where, atol=1e-5, hint=hint)
+        raise AssertionError(f"{where}: does not match the reference. {hint}")
+
+
+@trusted_check(points=3)
+def check_MultiHeadAttention_cross(MultiHeadAttention, seed=0):
+    """Cross-attention, forward(x, mask, context=context): queries from x (B, Tq, C), keys and values from
+    context (B, Tk, C), output (B, Tq, C), against nn.MultiheadAttention(query=x, key=context, value=context)
+    with the same weights; Tq < Tk, Tq > Tk and Tq = Tk (context a different sequence); no mask, a (Tq, Tk)
+    mask, the context's padding mask (B, 1, 1, Tk) and a per-head (B, nh, Tq, Tk) mask; MHA, GQA and MQA.
+    Your forward runs with torch's head split/merge/repeat in place of yours."""
+    g = generator(seed)
+    configs = [  # (B, Tq, Tk, d_model, n_heads, n_kv_heads, bias), mask kinds
+        ((2, 5, 5, 16, 4, None, True), [None, _CROSS_TQ_TK]),  # first: Tq = Tk, where a mix-up still runs
+        ((2, 3, 7, 12, 3, None, True), [None, _CROSS_TQ_TK, _CROSS_PADDING, _CROSS_PER_HEAD]),
+        ((3, 6, 4, 16, 4, None, False), [None, _CROSS_PADDING]),
+        ((2, 4, 6, 24, 6, 2, True), [None, _CROSS_PADDING, _CROSS_PER_HEAD]),
+        ((1, 5, 3, 8, 4, 1, False), [None, _CROSS_TQ_TK]),
+    ]
+    for i, (cfg, kinds) in enumerate(configs):
+        _check_cross_config(MultiHeadAttention, g, cfg, kinds, build_seed=400 + 2 * i)
 
 
 # -------------------------------------------------------------------------------- mha_param_count

@@ -195,6 +195,91 @@ def mha_dropout_never_applied(ref):
     return Mutated
 
 
+# Cross-attention (context given): each of these is the reference when context is None, so only
+# check_MultiHeadAttention_cross can catch them.
+def _attend(module, q_src, k_src, v_src, mask, repeat=True):
+    """The reference module's projections and attention_weights, with queries, keys and values projected
+    from the sequences given (torch's own view/transpose for the heads): the place a cross-attention bug
+    sits, written once for the mutants below."""
+    B, nh, n_kv, hs = q_src.size(0), module.n_heads, module.n_kv_heads, module.head_size
+
+    def heads(t, n):  # (B, T, n * hs) -> (B, n, T, hs)
+        return t.view(B, t.size(1), n, hs).transpose(1, 2)
+
+    q = heads(module.q_proj(q_src), nh)
+    k, v = heads(module.k_proj(k_src), n_kv), heads(module.v_proj(v_src), n_kv)
+    if repeat:
+        k, v = (t.repeat_interleave(nh // n_kv, dim=1) for t in (k, v))
+    y = module.attn_dropout(module.attention_weights(q, k, mask)) @ v  # (B, nh, Tq, hs)
+    return module.out_proj(y.transpose(1, 2).reshape(B, y.size(2), nh * hs))
+
+
+@mutant("MultiHeadAttention", "cross-attention: takes context but never uses it (self-attention over x)", MUTANTS,
+        from_reference=True)
+def mha_cross_context_ignored(ref):
+    class Mutated(ref["MultiHeadAttention"]):
+        def forward(self, x, mask=None, context=None):
+            return super().forward(x, mask)
+
+    return Mutated
+
+
+@mutant("MultiHeadAttention", "cross-attention: `if context is not None: x = context`, so the queries come from "
+        "context too (one output per context token)", MUTANTS, from_reference=True)
+def mha_cross_queries_from_context(ref):
+    class Mutated(ref["MultiHeadAttention"]):
+        def forward(self, x, mask=None, context=None):
+            return super().forward(x if context is None else context, mask, context)
+
+    return Mutated
+
+
+@mutant("MultiHeadAttention", "cross-attention: keys projected from x, values from context", MUTANTS,
+        from_reference=True)
+def mha_cross_keys_from_x(ref):
+    class Mutated(ref["MultiHeadAttention"]):
+        def forward(self, x, mask=None, context=None):
+            if context is None:
+                return super().forward(x, mask)
+            return _attend(self, x, x, context, mask)
+
+    return Mutated
+
+
+@mutant("MultiHeadAttention", "cross-attention: values projected from x, keys from context", MUTANTS,
+        from_reference=True)
+def mha_cross_values_from_x(ref):
+    class Mutated(ref["MultiHeadAttention"]):
+        def forward(self, x, mask=None, context=None):
+            if context is None:
+                return super().forward(x, mask)
+            return _attend(self, x, context, x, mask)
+
+    return Mutated
+
+
+@mutant("MultiHeadAttention", "cross-attention in a branch of its own that drops the mask", MUTANTS,
+        from_reference=True)
+def mha_cross_mask_dropped(ref):
+    class Mutated(ref["MultiHeadAttention"]):
+        def forward(self, x, mask=None, context=None):
+            return super().forward(x, mask if context is None else None, context)
+
+    return Mutated
+
+
+@mutant("MultiHeadAttention", "cross-attention in a branch of its own that forgets repeat_kv (GQA breaks)",
+        MUTANTS, from_reference=True)
+def mha_cross_no_repeat_kv(ref):
+    class Mutated(ref["MultiHeadAttention"]):
+        def forward(self, x, mask=None, context=None):
+            if context is None:
+                return super().forward(x, mask)
+            return _attend(self, x, context, context, mask, repeat=False)
+
+    return Mutated
+
+
 # ------------------------------------------------------------------------------- mha_param_count
 @mutant("mha_param_count", "forgets out_proj's bias: counts 3 biases", MUTANTS)
 def count_forgets_out_bias(d_model, n_heads, n_kv_heads=None, bias=True):
