@@ -1,14 +1,17 @@
-"""Hidden checks of module 05 (`05_transformer_block`): the feed-forward network, the transformer
-block with both norm placements, and a mixture-of-experts feed-forward layer.
+"""Hidden checks of module 05 (`05_transformer_block`): RMSNorm, the feed-forward network, the transformer
+block with both norm placements and both norms, the block's multiply-adds, and a mixture-of-experts
+feed-forward layer.
 
-Oracles: `nn.Sequential(nn.Linear, nn.ReLU | nn.GELU, nn.Linear)` for the ReLU/GELU FeedForward and
-transformers' `LlamaMLP` for SwiGLU (deepdive.oracles.llama_mlp); `nn.TransformerEncoderLayer(
-batch_first=True, dropout=0)` for the block (deepdive.oracles.torch_encoder_layer), pre- and
-post-norm, ReLU and GELU, with and without masks. No library has a top-k MoE layer with this
-layout, so MoEFeedForward is checked through its defining properties: the routing is the top-k of
-the softmax of the router's logits (computed here from the router weights), renormalised; the
-output is the routing-weighted sum of the chosen experts' outputs; one expert gives that expert's
-output; top_k = n_experts gives the dense softmax mixture.
+Oracles: `torch.nn.RMSNorm` for RMSNorm and for the block's norm="rmsnorm" (swapped into
+nn.TransformerEncoderLayer in place of its LayerNorms); `torch.utils.flop_counter.FlopCounterMode` on
+nn.TransformerEncoderLayer for block_flops; `nn.Sequential(nn.Linear, nn.ReLU | nn.GELU, nn.Linear)`
+for the ReLU/GELU FeedForward and transformers' `LlamaMLP` for SwiGLU (deepdive.oracles.llama_mlp);
+`nn.TransformerEncoderLayer(batch_first=True, dropout=0)` for the block
+(deepdive.oracles.torch_encoder_layer), pre- and post-norm, ReLU and GELU, with and without masks.
+No library has a top-k MoE layer with this layout, so MoEFeedForward is checked through its defining
+properties: the routing is the top-k of the softmax of the router's logits (computed here from the router
+weights), renormalised; the output is the routing-weighted sum of the chosen experts' outputs; one expert
+gives that expert's output; top_k = n_experts gives the dense softmax mixture.
 
 How the learner's classes are run (grader/trusted.py): a class is a proxy, so everything that needs a
 live module happens in an `on_learner_side` thunk. The check draws the weights and inputs from its
@@ -145,7 +148,95 @@ def _ffn_outputs(FeedForward, seed, d, d_ff, activation, weights, inputs):
     return _recorded(state, _ffn_shapes(d, d_ff, activation), what), _tensors(outs, len(inputs), what)
 
 
-# ------------------------------------------------------------------------------- exercise 1: FeedForward
+# ---------------------------------------------------------------------------------- exercise 1: RMSNorm
+RMS_EPS = 1e-6  # the contract's default eps (transformers' LlamaRMSNorm default)
+
+
+def _run_rmsnorm(RMSNorm, seed, d, eps, weight, inputs):
+    """On the learner's side: RMSNorm(d, eps=eps), its initial weight, then the check's weight copied in and the
+    outputs on the check's inputs."""
+    norm = _build(RMSNorm, seed, d, eps=eps)
+    initial = _state(norm)
+    load_weights(norm, {"weight": weight}, layout="weight (the learnable scale, shape (d_model,))")
+    with torch.no_grad():
+        return initial, tuple(norm(x) for x in inputs)
+
+
+def _rmsnorm_outputs(RMSNorm, seed, d, eps, weight, inputs):
+    call = f"RMSNorm({d}, eps={eps})"
+    result = learner_call(call, lambda: _run_rmsnorm(live(RMSNorm), seed, d, eps, weight, inputs),
+                          f"{call}, its weight and its forward")
+    if not (isinstance(result, tuple) and len(result) == 2):
+        raise AssertionError(f"{call}: no result came back")
+    initial, outs = result
+    return initial, _tensors(outs, len(inputs), call)
+
+
+def _rms_wrong(x, weight, eps):
+    """What the common wrong versions give on x: {description: tensor}."""
+    ms = x.pow(2).mean(-1, keepdim=True)
+    mu = x.mean(-1, keepdim=True)
+    var = x.var(-1, unbiased=False, keepdim=True)
+    return {"the mean subtracted first (that is LayerNorm without its shift, not RMSNorm)":
+            (x - mu) / torch.sqrt(var + eps) * weight,
+            "eps added outside the square root: x / (sqrt(mean(x^2)) + eps)": x / (ms.sqrt() + eps) * weight,
+            "eps left out: x / sqrt(mean(x^2))": x / ms.sqrt() * weight,
+            "no learnable scale applied (weight unused)": x / torch.sqrt(ms + eps),
+            "the L2 norm sqrt(sum(x^2)) instead of the root-mean-square sqrt(mean(x^2))":
+            x / torch.sqrt(x.pow(2).sum(-1, keepdim=True) + eps) * weight}
+
+
+def _rms_hint(out, x, weight, eps):
+    for why, y in _rms_wrong(x, weight, eps).items():
+        if out.shape == y.shape and torch.allclose(out.float(), y, atol=1e-5, rtol=1e-4):
+            return f"yours computes {why}"
+    return "RMSNorm(x) = weight * x / sqrt(mean(x^2 over the last axis) + eps)"
+
+
+@trusted_check(points=2)
+def check_RMSNorm(RMSNorm, seed=0):
+    """Against torch.nn.RMSNorm(d_model, eps) with the same learnable weight, on (B, T, C) inputs whose tokens have
+    means far from 0 (so a mean subtracted shows) and on (N, C) inputs; the weight is a parameter of shape (d_model,)
+    that starts at ones."""
+    g = generator(seed)
+    d = 12
+    weight = 1 + 0.5 * torch.randn(d, generator=g)
+    inputs = (3 * torch.randn(2, 5, 1, generator=g) + torch.randn(2, 5, d, generator=g), torch.randn(7, d, generator=g))
+    initial, outs = _rmsnorm_outputs(RMSNorm, seed, d, RMS_EPS, weight, inputs)
+    w0 = _recorded(initial, {"weight": (d,)}, f"RMSNorm({d})")["weight"]
+    if not torch.equal(w0, torch.ones(d)):
+        raise AssertionError(f"RMSNorm({d}).weight should start at ones (as nn.RMSNorm and LlamaRMSNorm do), so that "
+                             "a fresh norm only rescales; got values from "
+                             f"{w0.min():.3g} to {w0.max():.3g}")
+    oracle = nn.RMSNorm(d, eps=RMS_EPS)
+    with torch.no_grad():
+        oracle.weight.copy_(weight)
+    for x, out in zip(inputs, outs):
+        what = f"RMSNorm({d}, eps={RMS_EPS}) on x {tuple(x.shape)} against nn.RMSNorm"
+        assert_shape(out, tuple(x.shape), what, "RMSNorm keeps the shape (..., d_model)")
+        with torch.no_grad():
+            expected = oracle(x)
+        assert_close(out, expected, what, atol=1e-5, rtol=1e-4, hint=_rms_hint(out, x, weight, RMS_EPS))
+
+
+@trusted_check(points=1)
+def check_RMSNorm_eps(RMSNorm, seed=0):
+    """`eps` is added to the mean of squares inside the square root, as nn.RMSNorm and LlamaRMSNorm do: checked
+    with eps = 0.1 on small inputs (mean of squares about 0.01), where eps decides the output."""
+    g = generator(seed)
+    d, eps = 8, 0.1
+    weight = 1 + 0.5 * torch.randn(d, generator=g)
+    x = 0.1 * torch.randn(3, 4, d, generator=g)  # (B, T, C): mean(x^2) ~ 0.01, well below eps
+    _, (out,) = _rmsnorm_outputs(RMSNorm, seed, d, eps, weight, (x,))
+    oracle = nn.RMSNorm(d, eps=eps)
+    with torch.no_grad():
+        oracle.weight.copy_(weight)
+        expected = oracle(x)
+    assert_close(out, expected, f"RMSNorm({d}, eps={eps}) on small inputs x {tuple(x.shape)} against nn.RMSNorm",
+                 atol=1e-5, rtol=1e-4, hint=_rms_hint(out, x, weight, eps) + " (use the eps argument you were given)")
+
+
+# ------------------------------------------------------------------------------- exercise 2: FeedForward
 @trusted_check(points=2)
 def check_FeedForward(FeedForward, seed=0):
     """ReLU and GELU: outputs on (B, T, C) and (N, C) inputs equal nn.Sequential(nn.Linear, nn.ReLU /
@@ -284,7 +375,7 @@ def check_FeedForward_unknown_activation(FeedForward):
                              "activation is unknown (and which ones exist)")
 
 
-# -------------------------------------------------------------------------- exercise 2: TransformerBlock
+# -------------------------------------------------------------------------- exercise 3: TransformerBlock
 def _block_weights(g, d, d_ff):
     w = {}
     for name in ("q_proj", "k_proj", "v_proj", "out_proj"):
@@ -426,7 +517,144 @@ def check_TransformerBlock_uses_FeedForward(TransformerBlock, FeedForward, seed=
                      "with the same weights", hint="pass the block's activation on to its FeedForward")
 
 
-# ------------------------------------------------------------------------------ exercise 3: MoEFeedForward
+def _run_block_rmsnorm(TransformerBlock, seed, cfg, norm_first, weights, x, masks):
+    """On the learner's side: TransformerBlock(..., norm="rmsnorm"), the weights copied in, its state_dict; then
+    ln1 / ln2 replaced by torch.nn.RMSNorm and ff by a library FFN, each with the block's own weights (one bug costs
+    once: RMSNorm and FeedForward are judged by their own checks), and forward once per mask."""
+    d, n_heads, d_ff = cfg
+    block = _build(TransformerBlock, seed, d, n_heads, d_ff, norm_first=norm_first, norm="rmsnorm")
+    load_weights(block, weights)
+    state = _state(block)
+    for name in ("ln1", "ln2"):
+        lib = nn.RMSNorm(d, eps=RMS_EPS)
+        with torch.no_grad():
+            lib.weight.copy_(weights[f"{name}.weight"])
+        setattr(block, name, lib)
+    block.ff = _LibraryFFN(weights, "gelu", prefix="ff.").eval()
+    with torch.no_grad():
+        return state, tuple(block(x) if m is None else block(x, m) for m in masks)
+
+
+def _unknown_norm(TransformerBlock):
+    """On the learner's side: what TransformerBlock does with a norm it does not know."""
+    try:
+        TransformerBlock(8, 2, 16, norm="batchnorm")
+    except ValueError as exc:
+        return "ValueError", str(exc)
+    return "no error", ""
+
+
+@trusted_check(points=2)
+def check_TransformerBlock_rmsnorm(TransformerBlock, seed=0):
+    """norm="rmsnorm": ln1 and ln2 are RMSNorms (a scale `weight` (C,), no shift `bias`), and the block equals
+    nn.TransformerEncoderLayer(batch_first=True, dropout=0) with its two LayerNorms replaced by torch.nn.RMSNorm
+    holding the block's weights, pre- and post-norm, with no mask and a causal mask (block.ln1 / ln2 / ff are
+    swapped for library modules with the same weights before forward, so only the wiring is judged); an unknown
+    norm ("batchnorm") raises ValueError naming it."""
+    g = generator(seed)
+    B, T, d, n_heads, d_ff = 2, 5, 12, 3, 20
+    x = torch.randn(B, T, d, generator=g)
+    masks = (None, torch.ones(T, T, dtype=torch.bool).tril())
+    labels = ("no mask", "a causal (T, T) mask")
+    for norm_first in (True, False):
+        weights = _block_weights(g, d, d_ff)
+        del weights["ln1.bias"], weights["ln2.bias"]
+        call = f"TransformerBlock({d}, {n_heads}, {d_ff}, norm_first={norm_first}, norm='rmsnorm')"
+        state, outs = learner_call(call, lambda nf=norm_first, w=weights: _run_block_rmsnorm(
+            live(TransformerBlock), seed, (d, n_heads, d_ff), nf, w, x, masks), f"{call} and its forward")
+        if not isinstance(state, dict):
+            raise AssertionError(f"{call}: no state_dict came back")
+        for name in ("ln1", "ln2"):
+            if f"{name}.bias" in state:
+                raise AssertionError(
+                    f"{call}.{name} has a shift `{name}.bias`: with norm='rmsnorm' both ln1 and ln2 should be "
+                    f"RMSNorm(d_model) (a scale, no shift); is {name} still an nn.LayerNorm?")
+        shapes = _block_shapes(d, d_ff)
+        del shapes["ln1.bias"], shapes["ln2.bias"]
+        w = _recorded(state, shapes, call)
+        outs = _tensors(outs, len(masks), call)
+        with torch.random.fork_rng(devices=[]):
+            holders = _CourseBlockLayout(w | {"ln1.bias": torch.zeros(d), "ln2.bias": torch.zeros(d)}, d)
+            layer = torch_encoder_layer(holders, n_heads, d_ff, "gelu", norm_first)
+            for name, theirs in (("ln1", "norm1"), ("ln2", "norm2")):
+                lib = nn.RMSNorm(d, eps=RMS_EPS)
+                with torch.no_grad():
+                    lib.weight.copy_(w[f"{name}.weight"])
+                setattr(layer, theirs, lib)
+        layer.train()  # dropout is 0; train mode keeps PyTorch off its fused path, which assumes LayerNorm
+        hint = ("pre-norm: x = x + attn(ln1(x), mask), then x = x + ff(ln2(x))" if norm_first else
+                "post-norm: x = ln1(x + attn(x, mask)), then x = ln2(x + ff(x))")
+        for mask, label, out in zip(masks, labels, outs):
+            what = f"{call} with {label}"
+            assert_shape(out, (B, T, d), what, "a block maps (B, T, C) to (B, T, C)")
+            expected = _oracle_block(layer, x, mask).detach()
+            assert_close(out, expected, what, hint=hint + ", with ln1 and ln2 the RMSNorms")
+    result = learner_call("TransformerBlock(norm='batchnorm')", lambda: _unknown_norm(live(TransformerBlock)),
+                          "TransformerBlock(8, 2, 16, norm='batchnorm')")
+    if not (isinstance(result, tuple) and len(result) == 2 and all(isinstance(s, str) for s in result)):
+        raise AssertionError("TransformerBlock(norm='batchnorm'): no result came back")
+    kind, message = result
+    if kind != "ValueError":
+        raise AssertionError("TransformerBlock(8, 2, 16, norm='batchnorm') did not raise: an unknown norm must raise "
+                             "ValueError (a typo should fail loudly, not silently build a LayerNorm block)")
+    if "batchnorm" not in message:
+        raise AssertionError(f"TransformerBlock(norm='batchnorm') raised ValueError({message!r}): say which norm is "
+                             "unknown (and which ones exist)")
+
+
+# ------------------------------------------------------------------------------- exercise 4: block_flops
+def block_flops_oracle(d_model, n_heads, d_ff, T) -> tuple[int, int]:
+    """(multiply-adds in the linear layers, in attention's two batched matmuls) of one forward of
+    nn.TransformerEncoderLayer(d_model, n_heads, d_ff, activation="gelu") on one sequence of T tokens, counted by
+    torch.utils.flop_counter.FlopCounterMode (2 FLOPs per multiply-add) on the meta device, with attention on
+    PyTorch's math backend (its fused CPU kernel is not counted)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.random.fork_rng(devices=[]), torch.device("meta"):
+        layer = nn.TransformerEncoderLayer(d_model, n_heads, d_ff, dropout=0.0, activation="gelu", batch_first=True)
+        x = torch.randn(1, T, d_model)
+    counter = FlopCounterMode(display=False)
+    with sdpa_kernel(SDPBackend.MATH), counter:
+        layer(x)
+    counts = {str(op): n for op, n in counter.get_flop_counts()["Global"].items()}
+    linear = sum(n for op, n in counts.items() if op in ("aten.addmm", "aten.mm"))
+    attention = sum(n for op, n in counts.items() if op in ("aten.bmm", "aten.baddbmm"))
+    if linear + attention != counter.get_total_flops():
+        raise RuntimeError(f"FlopCounterMode counted other operations: {counts}")
+    return linear // 2, attention // 2
+
+
+@trusted_check(points=2)
+def check_block_flops(block_flops):
+    """block_flops(d_model, n_heads, d_ff, T) equals the multiply-adds FlopCounterMode counts (its FLOPs / 2) in one
+    forward of nn.TransformerEncoderLayer(d_model, n_heads, d_ff) (GELU FFN) on one sequence of T tokens: the four
+    projections, Q K^T, weights x V and the FFN's two matmuls (norms, softmax, activation and biases are not
+    counted), at sizes where T is below, near and above d_model, with 1 to 8 heads."""
+    for d, n_heads, d_ff, T in ((16, 4, 36, 10), (24, 3, 64, 40), (32, 8, 128, 5), (12, 1, 48, 100),
+                                (40, 5, 96, 64)):
+        linear, attention = block_flops_oracle(d, n_heads, d_ff, T)
+        call = f"block_flops({d}, {n_heads}, {d_ff}, {T})"
+        got = learner_call(call, lambda a=(d, n_heads, d_ff, T): live(block_flops)(*a))
+        if isinstance(got, torch.Tensor) and got.numel() == 1:
+            got = got.item()
+        if isinstance(got, bool) or not isinstance(got, int | float):
+            raise AssertionError(f"{call} returned {type(got).__name__}; expected a number (an int)")
+        expected = linear + attention
+        if got != expected:
+            hint = ""
+            if got == 2 * expected:
+                hint = ": that is twice the count, FLOPs rather than multiply-adds (a multiply-add is 2 FLOPs)"
+            elif got == linear:
+                hint = ": that is the linear layers alone; attention's Q K^T and weights x V grow with T^2"
+            raise AssertionError(
+                f"{call} = {got}, but FlopCounterMode counts {expected} multiply-adds in one forward of "
+                f"nn.TransformerEncoderLayer({d}, {n_heads}, {d_ff}) on T = {T} tokens: {linear} in the linear "
+                f"layers (q, k, v, out and the FFN's fc1, fc2) and {attention} in attention's two matmuls "
+                f"(Q K^T and weights x V, over all heads){hint}")
+
+
+# ------------------------------------------------------------------------------ exercise 5: MoEFeedForward
 def _router_weights(g, d, n_experts):
     # Logits of standard deviation ~2: distinct experts win for different tokens, without near-ties.
     return {"router.weight": torch.randn(n_experts, d, generator=g) * 2 / d**0.5,

@@ -1,8 +1,10 @@
-"""Known bugs of module 05: the feed-forward network, the transformer block, the MoE layer.
+"""Known bugs of module 05: RMSNorm, the feed-forward network, the transformer block, its multiply-adds
+(block_flops), the MoE layer.
 
-Every mutant is built from the reference namespace: a subclass of the notebook's class that
-overrides the one method holding the bug (the method is written out with the bug in it), or that
-passes one wrong argument to the reference's own __init__.
+block_flops's mutants are small functions written out whole. Every other mutant is built from the
+reference namespace: a subclass of the notebook's class that overrides the one method holding the bug
+(the method is written out with the bug in it), or that passes one wrong argument to the reference's own
+__init__.
 
 Left out on purpose: "top-k of the logits, then a softmax over the k kept logits" is *not* a bug: it
 equals renormalising the top-k probabilities (softmax is monotonic, and the normalisers cancel).
@@ -14,6 +16,54 @@ import torch.nn.functional as F
 from grader.mutants import mutant
 
 MUTANTS: list = []
+
+
+# ------------------------------------------------------------------------------------------------ RMSNorm
+@mutant("RMSNorm", "subtracts the mean first (LayerNorm without its shift, not RMSNorm)", MUTANTS, from_reference=True)
+def rms_mean_subtracted(ref):
+    class Mutated(ref["RMSNorm"]):
+        def forward(self, x):
+            x = x - x.mean(dim=-1, keepdim=True)
+            return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps) * self.weight
+
+    return Mutated
+
+
+@mutant("RMSNorm", "eps added outside the square root: x / (sqrt(mean(x^2)) + eps)", MUTANTS, from_reference=True)
+def rms_eps_outside_sqrt(ref):
+    class Mutated(ref["RMSNorm"]):
+        def forward(self, x):
+            return x / (x.pow(2).mean(dim=-1, keepdim=True).sqrt() + self.eps) * self.weight
+
+    return Mutated
+
+
+@mutant("RMSNorm", "the learnable scale is created but never applied", MUTANTS, from_reference=True)
+def rms_weight_unused(ref):
+    class Mutated(ref["RMSNorm"]):
+        def forward(self, x):
+            return x * torch.rsqrt(x.pow(2).mean(dim=-1, keepdim=True) + self.eps)
+
+    return Mutated
+
+
+@mutant("RMSNorm", "divides by the L2 norm sqrt(sum(x^2)) instead of the root-mean-square", MUTANTS,
+        from_reference=True)
+def rms_l2_norm(ref):
+    class Mutated(ref["RMSNorm"]):
+        def forward(self, x):
+            return x * torch.rsqrt(x.pow(2).sum(dim=-1, keepdim=True) + self.eps) * self.weight
+
+    return Mutated
+
+
+@mutant("RMSNorm", "the eps argument is ignored (a hard-coded 1e-6)", MUTANTS, from_reference=True)
+def rms_eps_ignored(ref):
+    class Mutated(ref["RMSNorm"]):
+        def __init__(self, d_model, eps=1e-6):
+            super().__init__(d_model, 1e-6)
+
+    return Mutated
 
 
 # ------------------------------------------------------------------------------------------- FeedForward
@@ -235,6 +285,68 @@ def block_ignores_activation(ref):
             super().__init__(d_model, n_heads, d_ff, norm_first, "gelu", dropout)
 
     return Mutated
+
+
+@mutant("TransformerBlock", "the norm argument is accepted but ignored: always LayerNorm", MUTANTS,
+        from_reference=True)
+def block_norm_ignored(ref):
+    class Mutated(ref["TransformerBlock"]):
+        def __init__(self, d_model, n_heads, d_ff, norm_first=True, activation="gelu", dropout=0.0, norm="layernorm"):
+            super().__init__(d_model, n_heads, d_ff, norm_first, activation, dropout)
+
+    return Mutated
+
+
+@mutant("TransformerBlock", "norm='rmsnorm' swaps ln1 only; ln2 stays a LayerNorm", MUTANTS, from_reference=True)
+def block_rmsnorm_ln1_only(ref):
+    class Mutated(ref["TransformerBlock"]):
+        def __init__(self, d_model, n_heads, d_ff, norm_first=True, activation="gelu", dropout=0.0, norm="layernorm"):
+            super().__init__(d_model, n_heads, d_ff, norm_first, activation, dropout, norm)
+            self.ln2 = torch.nn.LayerNorm(d_model)
+
+    return Mutated
+
+
+@mutant("TransformerBlock", "an unknown norm silently falls back to LayerNorm instead of raising ValueError",
+        MUTANTS, from_reference=True)
+def block_unknown_norm_is_layernorm(ref):
+    class Mutated(ref["TransformerBlock"]):
+        def __init__(self, d_model, n_heads, d_ff, norm_first=True, activation="gelu", dropout=0.0, norm="layernorm"):
+            norm = norm if norm in ("layernorm", "rmsnorm") else "layernorm"
+            super().__init__(d_model, n_heads, d_ff, norm_first, activation, dropout, norm)
+
+    return Mutated
+
+
+# ------------------------------------------------------------------------------------------- block_flops
+@mutant("block_flops", "forgets attention's T^2 terms (Q K^T and weights x V): projections and FFN only", MUTANTS)
+def flops_no_t_squared(d_model, n_heads, d_ff, T):
+    return 4 * T * d_model**2 + 2 * T * d_model * d_ff
+
+
+@mutant("block_flops", "counts FLOPs, not multiply-adds (everything twice)", MUTANTS)
+def flops_not_multiply_adds(d_model, n_heads, d_ff, T):
+    return 2 * (4 * T * d_model**2 + 2 * T * T * d_model + 2 * T * d_model * d_ff)
+
+
+@mutant("block_flops", "misses the output projection: 3 T C^2 for the projections", MUTANTS)
+def flops_no_out_proj(d_model, n_heads, d_ff, T):
+    return 3 * T * d_model**2 + 2 * T * T * d_model + 2 * T * d_model * d_ff
+
+
+@mutant("block_flops", "one FFN matmul counted (T C d_ff instead of 2 T C d_ff)", MUTANTS)
+def flops_one_ffn_matmul(d_model, n_heads, d_ff, T):
+    return 4 * T * d_model**2 + 2 * T * T * d_model + T * d_model * d_ff
+
+
+@mutant("block_flops", "attention's T^2 terms multiplied by n_heads (each head counted at full width C)", MUTANTS)
+def flops_heads_times_width(d_model, n_heads, d_ff, T):
+    return 4 * T * d_model**2 + 2 * n_heads * T * T * d_model + 2 * T * d_model * d_ff
+
+
+@mutant("block_flops", "only Q K^T counted, not weights x V", MUTANTS)
+def flops_scores_only(d_model, n_heads, d_ff, T):
+    return 4 * T * d_model**2 + T * T * d_model + 2 * T * d_model * d_ff
 
 
 # ---------------------------------------------------------------------------------------- MoEFeedForward
