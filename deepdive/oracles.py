@@ -12,6 +12,7 @@ function returns a new library module in eval mode and leaves its argument untou
 | `TransformerBlock`: attn, ln1, ln2, ff       | `torch.nn.TransformerEncoderLayer`             |
 | `FeedForward("swiglu")`: gate, fc1, fc2      | transformers' `LlamaMLP`                       |
 | `Encoder` (module 06): tok_emb, blocks, mlm_* | transformers' `DistilBertForMaskedLM`          |
+| `Encoder` from a pretrained DistilBERT        | the same map reversed: `encoder_state_from_distilbert` |
 | `GPT` (module 07): nanoGPT's names           | transformers' `GPT2LMHeadModel` (Conv1D: W^T)  |
 """
 
@@ -180,6 +181,40 @@ def distilbert_from_encoder(encoder, n_heads: int, attn_implementation: str = "e
     if model.vocab_projector.weight.data_ptr() != model.distilbert.embeddings.word_embeddings.weight.data_ptr():
         raise RuntimeError("DistilBertForMaskedLM did not tie vocab_projector to the word embeddings")
     return model.eval()
+
+
+def encoder_state_from_distilbert(model_or_state_dict) -> dict:
+    """The other way: a pretrained `DistilBertForMaskedLM` (or `DistilBertModel`, or either's state_dict)
+    -> tensors under the course `Encoder`'s names (table above), for `encoder.load_state_dict(...)`.
+    Copies (the library model is left alone). A `DistilBertModel` has no MLM head: only the encoder's
+    names come back (load with strict=False). `mlm_out.weight` is `tok_emb.weight` (tied).
+
+    The course Encoder computes exactly DistilBERT's function when the checkpoint uses the exact GELU
+    (`activation="gelu"`; other activations raise ValueError) and ties its output projection to the word
+    embeddings (an untied projection raises ValueError: the Encoder would need its own `mlm_out.weight`).
+    Sinusoidal positions (`sinusoidal_pos_embds=True`) are a fixed table in `position_embeddings`, copied
+    like learned ones."""
+    config = getattr(model_or_state_dict, "config", None)
+    if config is not None and getattr(config, "activation", "gelu") != "gelu":
+        raise ValueError(f"this DistilBERT uses activation={config.activation!r}; the course Encoder's blocks and "
+                         "MLM head use the exact GELU (F.gelu), so they would need that activation instead")
+    state = model_or_state_dict.state_dict() if isinstance(model_or_state_dict, nn.Module) else dict(model_or_state_dict)
+    if not any(k.startswith("distilbert.") for k in state):  # a DistilBertModel: no head, no prefix
+        state = {f"distilbert.{k}": v for k, v in state.items()}
+    n_layers = len({k.split(".")[3] for k in state if k.startswith("distilbert.transformer.layer.")})
+    out = {}
+    for ours_prefix, their_prefix in distilbert_names(n_layers).items():
+        for part in ("weight", "bias"):
+            key = f"{their_prefix}.{part}"
+            if key in state and f"{ours_prefix}.{part}" != "mlm_out.weight":
+                out[f"{ours_prefix}.{part}"] = state[key].detach().clone()
+    if "vocab_projector.bias" in state:
+        projector = state.get("vocab_projector.weight")
+        if projector is not None and not torch.equal(projector, state["distilbert.embeddings.word_embeddings.weight"]):
+            raise ValueError("this checkpoint's vocab_projector.weight is not the word embeddings (untied); the course "
+                             "Encoder ties mlm_out.weight to tok_emb.weight, so it would need an mlm_out of its own")
+        out["mlm_out.weight"] = out["tok_emb.weight"]  # tied: the same tensor, as in the Encoder
+    return out
 
 
 # ----------------------------------------------------------------------------- GPT-2 (module 07)

@@ -10,7 +10,7 @@ from torch import nn
 
 from deepdive.encoders import sample_windows, shakespeare_tokens, show_top_k, smooth
 from deepdive.hub import load_tokenizer
-from deepdive.oracles import distilbert_from_encoder, distilbert_names
+from deepdive.oracles import distilbert_from_encoder, distilbert_names, encoder_state_from_distilbert
 
 
 class _Block(nn.Module):
@@ -93,6 +93,44 @@ def test_distilbert_from_encoder_names_a_wrong_shape():
     state["blocks.0.ff.fc2.weight"] = torch.zeros(12, 21)
     with pytest.raises(ValueError, match=r"blocks\.0\.ff\.fc2\.weight has shape \(12, 21\)"):
         distilbert_from_encoder(state, n_heads=3)
+
+
+def test_encoder_state_from_distilbert_is_the_inverse_map():
+    from transformers import DistilBertForMaskedLM, DistilBertModel
+
+    from deepdive.oracles import distilbert_config
+
+    torch.manual_seed(2)
+    lib = DistilBertForMaskedLM(distilbert_config(29, 10, 12, 3, 2, 20)).eval()
+    with torch.no_grad():
+        for p in lib.parameters():
+            p.add_(0.1 * torch.randn_like(p))  # LayerNorms and biases away from 1 / 0
+    before = {k: v.clone() for k, v in lib.state_dict().items()}
+    m = _Layout()
+    state = encoder_state_from_distilbert(lib)
+    assert state["mlm_out.weight"] is state["tok_emb.weight"], "tied, as in the Encoder"
+    m.load_state_dict(state)  # strict: every Encoder name, nothing else
+    assert all(torch.equal(lib.state_dict()[k], before[k]) for k in before), "the library model is left alone"
+    ids = torch.randint(0, 29, (2, 6))
+    key_mask = torch.tensor([[1] * 6, [1] * 3 + [0] * 3])
+    with torch.no_grad():
+        hidden, logits = _by_formula(m, ids, 3, key_mask)
+        assert torch.allclose(lib.distilbert(input_ids=ids, attention_mask=key_mask).last_hidden_state, hidden, atol=1e-5)
+        assert torch.allclose(lib(input_ids=ids, attention_mask=key_mask).logits, logits, atol=1e-5)
+    back = distilbert_from_encoder(m, n_heads=3).state_dict()
+    assert all(torch.equal(back[k], before[k]) for k in before), "there and back gives the same weights"
+
+    base = encoder_state_from_distilbert(DistilBertModel(distilbert_config(29, 10, 12, 3, 1, 20)))
+    assert set(base) == {k for k in _Layout(L=1).state_dict() if not k.startswith("mlm_")}, "no head, no prefix"
+
+    relu = distilbert_config(29, 10, 12, 3, 1, 20)
+    relu.activation = "relu"
+    with pytest.raises(ValueError, match="exact GELU"):
+        encoder_state_from_distilbert(DistilBertModel(relu))
+    untied = dict(lib.state_dict())
+    untied["vocab_projector.weight"] = untied["vocab_projector.weight"] + 1
+    with pytest.raises(ValueError, match="untied"):
+        encoder_state_from_distilbert(untied)
 
 
 def test_load_tokenizer_local_and_missing_build(tmp_path, monkeypatch):

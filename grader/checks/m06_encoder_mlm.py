@@ -9,7 +9,8 @@ Oracles:
   copied in by `deepdive.oracles.distilbert_from_encoder` (a name map); the learner's module gets the
   same weights on the learner's side, so a record cannot choose easy ones. Bidirectionality, padding and
   the causal option are checked as properties (no library encoder has a causal switch).
-- `cls_pooling`, `mean_pooling`: values the check computes row by row (indexing and `.mean`).
+- `cls_pooling`, `mean_pooling`: values the check computes row by row (indexing and `.mean`); masks int,
+  bool and float (0./1., as sentence-transformers' mean pooling takes them).
 - `train_mlm`: the loop trains the check's own small `DistilBertForMaskedLM` (behind an adapter with the
   Encoder's interface) on the learner's side; the trained state_dict comes back, the judge loads it into
   its own DistilBertForMaskedLM and measures the masked-LM loss at the [MASK] positions of held-out plays
@@ -449,7 +450,7 @@ def check_mean_pooling(mean_pooling, seed=0):
         for b, (lo, hi) in enumerate(spans):
             mask[b, lo:hi] = 1
         want = torch.stack([hidden[b][mask[b].bool()].mean(dim=0) for b in range(B)])  # row by row
-        for m, kind in ((mask, "int"), (mask.bool(), "bool")):
+        for m, kind in ((mask, "int"), (mask.bool(), "bool"), (mask.float(), "float (0./1.)")):
             call = f"mean_pooling(hidden {(B, T, C)}, {kind} attention_mask with {mask.sum(1).tolist()} real tokens)"
             try:
                 out = mean_pooling(hidden.clone(), m.clone())

@@ -223,6 +223,14 @@ def mean_mask_wrong_axis(hidden, attention_mask):
     return (hidden * m).sum(dim=1) / m.sum(dim=-1)
 
 
+@mutant("mean_pooling", "splits the real tokens by the row lengths attention_mask.sum(1).tolist(): integers for "
+        "int/bool masks, floats for a float mask (0./1.), which torch.split refuses", MUTANTS)
+def mean_split_by_lengths(hidden, attention_mask):
+    lengths = attention_mask.sum(dim=1).tolist()  # (B,) as a list: ints, or floats for a float mask
+    real = hidden[attention_mask.bool()]  # (n_real, C): the real tokens, row after row
+    return torch.stack([chunk.mean(dim=0) for chunk in torch.split(real, lengths)])  # (B, C)
+
+
 # --------------------------------------------------------------------------------------------- train_mlm
 @contextmanager
 def _swapped(fn, name, value):
