@@ -292,11 +292,9 @@ def _learner_forward(state, weights, inputs, train=False, run_seed=0):
     return tuple(outs)
 
 
-def _run_learner_module(MultiHeadAttention, g, cfg, mask_kinds, train=False, build_seed=0):
-    """Build the learner's module for one configuration, load weights, run it on inputs; returns
-    (weights, [(x, mask, kind)], outputs) after checking the layout and the output shapes."""
-    B, T, d_model, n_heads, n_kv, bias, dropout = cfg
-    kwargs = {"n_kv_heads": n_kv, "bias": bias} | ({"dropout": dropout} if dropout else {})
+def _built_learner_module(MultiHeadAttention, d_model, n_heads, kwargs, build_seed):
+    """Build the learner's module on its side (kept in `state`) and check its parameter layout; returns
+    (call, state)."""
     call = f"MultiHeadAttention({_args(d_model, n_heads, **kwargs)})"
     state = {}
     try:
@@ -304,7 +302,17 @@ def _run_learner_module(MultiHeadAttention, g, cfg, mask_kinds, train=False, bui
             state, live(MultiHeadAttention), d_model, n_heads, kwargs, build_seed))
     except LearnerRaised as exc:
         raise exc.explain(call) from None
-    _check_layout(shapes, d_model, n_heads, n_heads if n_kv is None else n_kv, bias, call)
+    n_kv = kwargs["n_kv_heads"]
+    _check_layout(shapes, d_model, n_heads, n_heads if n_kv is None else n_kv, kwargs["bias"], call)
+    return call, state
+
+
+def _run_learner_module(MultiHeadAttention, g, cfg, mask_kinds, train=False, build_seed=0):
+    """Build the learner's module for one configuration, load weights, run it on inputs; returns
+    (weights, [(x, mask, kind)], outputs) after checking the layout and the output shapes."""
+    B, T, d_model, n_heads, n_kv, bias, dropout = cfg
+    kwargs = {"n_kv_heads": n_kv, "bias": bias} | ({"dropout": dropout} if dropout else {})
+    call, state = _built_learner_module(MultiHeadAttention, d_model, n_heads, kwargs, build_seed)
 
     weights = _random_weights(g, d_model, n_heads, n_heads if n_kv is None else n_kv, bias)
     inputs = [(torch.randn(B, T, d_model, generator=g), _make_mask(kind, g, B, T, n_heads), kind)
@@ -491,16 +499,9 @@ def _check_cross_config(MultiHeadAttention, g, cfg, kinds, build_seed):
     """Build the learner's module for one configuration, load the check's weights, run cross-attention on
     the check's inputs and compare with nn.MultiheadAttention(x, context, context)."""
     B, t_q, t_k, d_model, n_heads, n_kv, bias = cfg
-    kwargs = {"n_kv_heads": n_kv, "bias": bias}
-    call = f"MultiHeadAttention({_args(d_model, n_heads, **kwargs)})"
-    state = {}
-    try:
-        shapes = on_learner_side(f"{call}: state_dict shapes", lambda: _learner_build(
-            state, live(MultiHeadAttention), d_model, n_heads, kwargs, build_seed))
-    except LearnerRaised as exc:
-        raise exc.explain(call) from None
+    call, state = _built_learner_module(MultiHeadAttention, d_model, n_heads, {"n_kv_heads": n_kv, "bias": bias},
+                                        build_seed)
     n_kv = n_heads if n_kv is None else n_kv
-    _check_layout(shapes, d_model, n_heads, n_kv, bias, call)
     weights = _random_weights(g, d_model, n_heads, n_kv, bias)
     inputs = [(torch.randn(B, t_q, d_model, generator=g), _make_cross_mask(kind, g, B, t_q, t_k, n_heads),
                torch.randn(B, t_k, d_model, generator=g), kind) for kind in kinds]

@@ -347,32 +347,39 @@ def check_FeedForward_dropout(FeedForward, seed=0):
             f"{', '.join(f'{v:.2f}' for v in shares)} (largest distance from 0, 1, 2: {off:.3g}): {hint}")
 
 
-def _unknown_activation(FeedForward):
-    """On the learner's side: what FeedForward does with an activation it does not know."""
+def _built_with(cls, *args, **kwargs):
+    """On the learner's side: ("ValueError", its message) when cls(*args, **kwargs) raises ValueError, else
+    ("no error", "")."""
     try:
-        FeedForward(8, 16, activation="swish")
+        cls(*args, **kwargs)
     except ValueError as exc:
         return "ValueError", str(exc)
     return "no error", ""
 
 
+def _assert_refused(result, call: str, value: str, what: str, instead: str) -> None:
+    """Judge `_built_with`'s record: `call`, given an unknown `what` named `value`, must raise a ValueError that
+    names it (rather than silently `instead`)."""
+    if not (isinstance(result, tuple) and len(result) == 2 and all(isinstance(s, str) for s in result)):
+        raise AssertionError(f"{call}: no result came back")
+    kind, message = result
+    if kind != "ValueError":
+        raise AssertionError(f"{call} did not raise: an unknown {what} must raise ValueError (a typo should fail "
+                             f"loudly, not silently {instead})")
+    if value not in message:
+        raise AssertionError(f"{call} raised ValueError({message!r}): say which {what} is unknown (and which ones "
+                             "exist)")
+
+
 @trusted_check(points=1)
 def check_FeedForward_unknown_activation(FeedForward):
     """FeedForward(8, 16, activation="swish") raises a ValueError whose message names "swish"."""
+    call = "FeedForward(8, 16, activation='swish')"
     try:
-        result = on_learner_side("FeedForward(activation='swish')", lambda: _unknown_activation(live(FeedForward)))
+        result = on_learner_side(call, lambda: _built_with(live(FeedForward), 8, 16, activation="swish"))
     except LearnerRaised as exc:
-        raise AssertionError(exc.describe("FeedForward(8, 16, activation='swish')")
-                             + "\n  expected a ValueError naming the unknown activation") from None
-    if not (isinstance(result, tuple) and len(result) == 2 and all(isinstance(s, str) for s in result)):
-        raise AssertionError("FeedForward(activation='swish'): no result came back")
-    kind, message = result
-    if kind != "ValueError":
-        raise AssertionError("FeedForward(8, 16, activation='swish') did not raise: an unknown activation must "
-                             "raise ValueError (a typo should fail loudly, not silently train another model)")
-    if "swish" not in message:
-        raise AssertionError(f"FeedForward(activation='swish') raised ValueError({message!r}): say which "
-                             "activation is unknown (and which ones exist)")
+        raise AssertionError(exc.describe(call) + "\n  expected a ValueError naming the unknown activation") from None
+    _assert_refused(result, call, "swish", "activation", "train another model")
 
 
 # -------------------------------------------------------------------------- exercise 3: TransformerBlock
@@ -535,15 +542,6 @@ def _run_block_rmsnorm(TransformerBlock, seed, cfg, norm_first, weights, x, mask
         return state, tuple(block(x) if m is None else block(x, m) for m in masks)
 
 
-def _unknown_norm(TransformerBlock):
-    """On the learner's side: what TransformerBlock does with a norm it does not know."""
-    try:
-        TransformerBlock(8, 2, 16, norm="batchnorm")
-    except ValueError as exc:
-        return "ValueError", str(exc)
-    return "no error", ""
-
-
 @trusted_check(points=2)
 def check_TransformerBlock_rmsnorm(TransformerBlock, seed=0):
     """norm="rmsnorm": ln1 and ln2 are RMSNorms (a scale `weight` (C,), no shift `bias`), and the block equals
@@ -589,17 +587,9 @@ def check_TransformerBlock_rmsnorm(TransformerBlock, seed=0):
             assert_shape(out, (B, T, d), what, "a block maps (B, T, C) to (B, T, C)")
             expected = _oracle_block(layer, x, mask).detach()
             assert_close(out, expected, what, hint=hint + ", with ln1 and ln2 the RMSNorms")
-    result = learner_call("TransformerBlock(norm='batchnorm')", lambda: _unknown_norm(live(TransformerBlock)),
-                          "TransformerBlock(8, 2, 16, norm='batchnorm')")
-    if not (isinstance(result, tuple) and len(result) == 2 and all(isinstance(s, str) for s in result)):
-        raise AssertionError("TransformerBlock(norm='batchnorm'): no result came back")
-    kind, message = result
-    if kind != "ValueError":
-        raise AssertionError("TransformerBlock(8, 2, 16, norm='batchnorm') did not raise: an unknown norm must raise "
-                             "ValueError (a typo should fail loudly, not silently build a LayerNorm block)")
-    if "batchnorm" not in message:
-        raise AssertionError(f"TransformerBlock(norm='batchnorm') raised ValueError({message!r}): say which norm is "
-                             "unknown (and which ones exist)")
+    call = "TransformerBlock(8, 2, 16, norm='batchnorm')"
+    result = learner_call(call, lambda: _built_with(live(TransformerBlock), 8, 2, 16, norm="batchnorm"))
+    _assert_refused(result, call, "batchnorm", "norm", "build a LayerNorm block")
 
 
 # ------------------------------------------------------------------------------- exercise 4: block_flops
