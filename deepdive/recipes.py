@@ -1,14 +1,16 @@
 """Helpers for module 08 (training recipes): the small GPT the experiments train, a training run that takes
 the learner's functions, the bytes that real training tensors hold, and the notebook's plots.
 
-The model is 🤗 transformers' `GPT2LMHeadModel` (module 07's oracle) behind a forward that returns logits
-only, so that a training step is `cross_entropy(model(x), y)` for any model. Nothing here schedules a
-learning rate, clips, accumulates, autocasts or counts memory by formula: the notebook passes the learner's
-functions in, so every number measures the learner's code.
+The model is 🤗 transformers' `GPT2LMHeadModel` (module 07's oracle) behind module 07's GPT interface,
+`forward(idx, targets=None, past_key_values=None, use_cache=False) -> (logits, loss, present)`, so that a
+training step is `logits, loss, _ = model(x, y)` for module 07's GPT and this one alike. Nothing here
+schedules a learning rate, clips, accumulates, autocasts or counts memory by formula: the notebook passes the
+learner's functions in, so every number measures the learner's code.
 """
 
 import math
 import time
+from types import SimpleNamespace
 
 import matplotlib.pyplot as plt
 import torch
@@ -32,10 +34,14 @@ def gpt2_config(vocab_size: int, block_size: int = 64, n_layer: int = 2, n_head:
 
 
 class CharGPT(nn.Module):
-    """transformers' GPT2LMHeadModel behind `forward(idx (B, T)) -> logits (B, T, V)`.
+    """transformers' GPT2LMHeadModel behind module 07's GPT interface: `forward(idx (B, T), targets=None,
+    past_key_values=None, use_cache=False) -> (logits (B, T, V), loss or None, present or None)`.
 
-    Built from `config` (see `gpt2_config`) with GPT-2's initialisation; `seed` draws the initial weights
-    from a private RNG state (the notebook's random state does not move)."""
+    `loss` is the mean cross-entropy (in float32, also under autocast) over the targets that are not -100
+    (`ignore_index=-100`, as module 07's GPT); `present` is a tuple of (k, v) per layer, each (B, nh, T_past + T,
+    hs), when `use_cache`. `config` carries module 07's names (block_size, vocab_size, n_layer, n_head, n_embd,
+    dropout, bias). Built from `config` (see `gpt2_config`) with GPT-2's initialisation; `seed` draws the
+    initial weights from a private RNG state (the notebook's random state does not move)."""
 
     def __init__(self, config, seed: int | None = None):
         super().__init__()
@@ -45,10 +51,61 @@ class CharGPT(nn.Module):
             if seed is not None:
                 torch.manual_seed(seed)
             self.gpt = GPT2LMHeadModel(config)
-        self.config = config
+        self.config = SimpleNamespace(block_size=config.n_positions, vocab_size=config.vocab_size,
+                                      n_layer=config.n_layer, n_head=config.n_head, n_embd=config.n_embd,
+                                      dropout=config.resid_pdrop, bias=True)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        return self.gpt(idx).logits  # (B, T, V)
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, past_key_values=None,
+                use_cache: bool = False):
+        from transformers import DynamicCache
+
+        # Always a cache object (an empty one without past_key_values): without one transformers looks for packed
+        # sequences in the position ids, which needs their values and fails on the meta device.
+        cache = (DynamicCache() if past_key_values is None
+                 else DynamicCache(ddp_cache_data=[tuple(kv) for kv in past_key_values]))
+        out = self.gpt(idx, past_key_values=cache, use_cache=True)
+        logits = out.logits  # (B, T, V)
+        loss = None
+        if targets is not None:  # mean over the targets that count; float32 even when autocast made bfloat16 logits
+            loss = F.cross_entropy(logits.flatten(0, -2).float(), targets.flatten(), ignore_index=-100)
+        present = tuple((layer.keys, layer.values) for layer in out.past_key_values.layers) if use_cache else None
+        return logits, loss, present
+
+
+class NormPlacementGPT(nn.Module):
+    """A GPT built from torch's `nn.TransformerEncoderLayer` (causal mask, GELU, no dropout, torch's default
+    initialisation), post-norm (`norm_first=False`: LayerNorm after each residual addition, the original
+    Transformer) or pre-norm (`norm_first=True`: LayerNorm before each sub-layer, plus a final LayerNorm, GPT-2's
+    layout), behind module 07's interface `forward(idx, targets=None, past_key_values=None, use_cache=False) ->
+    (logits, loss, None)` (no KV cache). Only for comparing where the LayerNorms sit; `seed` as in CharGPT."""
+
+    def __init__(self, vocab_size: int, block_size: int, n_layer: int, n_head: int, n_embd: int, norm_first: bool,
+                 seed: int | None = None):
+        super().__init__()
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            self.wte, self.wpe = nn.Embedding(vocab_size, n_embd), nn.Embedding(block_size, n_embd)
+            layer = nn.TransformerEncoderLayer(n_embd, n_head, 4 * n_embd, dropout=0.0, activation="gelu",
+                                               batch_first=True, norm_first=norm_first)
+            self.blocks = nn.TransformerEncoder(layer, n_layer, enable_nested_tensor=False)
+            self.ln_f = nn.LayerNorm(n_embd) if norm_first else nn.Identity()  # post-norm ends in a LayerNorm already
+            self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+        self.config = SimpleNamespace(block_size=block_size, vocab_size=vocab_size, n_layer=n_layer, n_head=n_head,
+                                      n_embd=n_embd, dropout=0.0, bias=True)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, past_key_values=None,
+                use_cache: bool = False):
+        if past_key_values is not None or use_cache:
+            raise ValueError("NormPlacementGPT has no KV cache")
+        T = idx.size(1)
+        h = self.wte(idx) + self.wpe(torch.arange(T, device=idx.device))  # (B, T, C)
+        mask = nn.Transformer.generate_square_subsequent_mask(T, device=idx.device)  # (T, T), -inf above the diagonal
+        logits = self.lm_head(self.ln_f(self.blocks(h, mask=mask, is_causal=True)))  # (B, T, V)
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.flatten(0, -2).float(), targets.flatten(), ignore_index=-100)
+        return logits, loss, None
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -66,7 +123,7 @@ def train_run(model: nn.Module, train_step, optimizer, lr_at, steps: int, data: 
     Returns {"loss": [...], "grad_norm": [...], "lr": [...], "seconds": wall time, "diverged_at": step or None}:
     per step, the loss and the gradient norm before clipping that `train_step` returned, and the learning rate
     used. A run whose loss stops being finite ends at that step (`diverged_at`): nothing can be learned after."""
-    block_size = model.config.n_positions
+    window = model.config.block_size  # module 07's config name for the context length
     out = {"loss": [], "grad_norm": [], "lr": [], "diverged_at": None}
     model.train()
     t0 = time.perf_counter()
@@ -74,7 +131,7 @@ def train_run(model: nn.Module, train_step, optimizer, lr_at, steps: int, data: 
         lr = lr_at(step)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        x, y = next_char_batch(data, batch_size, block_size, generator)  # (B, T), (B, T)
+        x, y = next_char_batch(data, batch_size, window, generator)  # (B, T), (B, T)
         loss, norm = train_step(model, (x.to(device), y.to(device)), optimizer, scaler=scaler, max_norm=max_norm,
                                 amp_dtype=amp_dtype)
         out["loss"].append(float(loss))
@@ -97,9 +154,9 @@ def eval_loss(model: nn.Module, data: torch.Tensor, n_batches: int = 4, batch_si
     g = torch.Generator().manual_seed(seed)
     total = 0.0
     for _ in range(n_batches):
-        x, y = next_char_batch(data, batch_size, model.config.n_positions, g)  # (B, T), (B, T)
-        logits = model(x.to(device)).float()  # (B, T, V)
-        total += F.cross_entropy(logits.flatten(0, 1), y.to(device).flatten()).item()
+        x, y = next_char_batch(data, batch_size, model.config.block_size, g)  # (B, T), (B, T)
+        _, loss, _ = model(x.to(device), y.to(device))  # module 07's interface: (logits, loss, present)
+        total += loss.item()
     model.train(was_training)
     return total / n_batches
 
@@ -124,7 +181,8 @@ def training_state_bytes(parameters, optimizer) -> dict:
 
 
 def saved_activation_bytes(model: nn.Module, idx: torch.Tensor, targets: torch.Tensor) -> int:
-    """Bytes of the tensors that autograd keeps for the backward pass of cross_entropy(model(idx), targets):
+    """Bytes of the tensors that autograd keeps for the backward pass of the loss of `model(idx, targets)` (module
+    07's interface, `(logits, loss, present)`):
     the activations. The parameters are not counted (they are the weights), and a storage that several saved
     tensors share (views, a tensor saved by two operations) is counted once.
 
@@ -143,8 +201,7 @@ def saved_activation_bytes(model: nn.Module, idx: torch.Tensor, targets: torch.T
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        logits = model(idx)  # (B, T, V)
-        F.cross_entropy(logits.flatten(0, -2).float(), targets.flatten())
+        model(idx, targets)  # (logits (B, T, V), loss, present): the loss's graph holds the activations
     return sum(nbytes for nbytes, _ in kept.values())
 
 

@@ -4,11 +4,13 @@ memory budget rely on, the training loop is what every experiment runs."""
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from deepdive.decoders import shakespeare_chars
 from deepdive.recipes import (
     CharGPT,
+    NormPlacementGPT,
     count_parameters,
     eval_loss,
     gpt2_config,
@@ -19,15 +21,18 @@ from deepdive.recipes import (
 
 
 class _EmbedLinear(nn.Module):
-    """idx (B, T) -> logits (B, T, V) through an embedding and a bias-free Linear: its saved tensors are known."""
+    """Module 07's interface, (idx (B, T), targets) -> (logits (B, T, V), loss, None), through an embedding and a
+    bias-free Linear: its saved tensors are known."""
 
     def __init__(self, V=5, C=3):
         super().__init__()
         self.emb = nn.Embedding(V, C)
         self.lin = nn.Linear(C, V, bias=False)
 
-    def forward(self, idx):
-        return self.lin(self.emb(idx))
+    def forward(self, idx, targets=None, past_key_values=None, use_cache=False):
+        logits = self.lin(self.emb(idx))
+        loss = None if targets is None else F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=-100)
+        return logits, loss, None
 
 
 def test_training_state_bytes_counts_the_real_tensors():
@@ -76,16 +81,29 @@ def test_saved_activation_bytes_on_meta_equals_cpu_and_grows_with_the_batch():
     assert sizes[6] - sizes[4] == sizes[4] - sizes[2] > 0, sizes  # linear in B
 
 
-def test_char_gpt_is_gpt2_behind_a_logits_forward_and_seeded():
+def test_char_gpt_is_gpt2_behind_module_07s_interface_and_seeded():
     cfg = gpt2_config(vocab_size=13, block_size=8, n_layer=1, n_head=2, n_embd=8)
     a, b = CharGPT(cfg, seed=3), CharGPT(cfg, seed=3)
     state = torch.random.get_rng_state()
     CharGPT(cfg, seed=4)
     assert torch.equal(state, torch.random.get_rng_state()), "a seeded build must not move the global RNG"
+    assert (a.config.block_size, a.config.vocab_size, a.config.n_layer, a.config.n_head, a.config.n_embd) == (8, 13, 1, 2, 8)
     idx = torch.randint(0, 13, (2, 8))
-    logits = a(idx)
-    assert logits.shape == (2, 8, 13) and torch.equal(logits, b(idx))
+    logits, loss, present = a(idx)
+    assert logits.shape == (2, 8, 13) and loss is None and present is None and torch.equal(logits, b(idx)[0])
+    assert torch.equal(logits, a.gpt(idx).logits)
     assert count_parameters(a) == sum(p.numel() for p in a.gpt.parameters())  # tied wte / lm_head counted once
+    targets = idx.roll(-1, dims=1)
+    targets[0, 5:] = -100  # ignored: the mean is over the 13 targets that count
+    _, loss, _ = a(idx, targets)
+    keep = targets.flatten() != -100
+    want = F.cross_entropy(logits.flatten(0, 1)[keep], targets.flatten()[keep])
+    assert torch.allclose(loss, want, atol=1e-6), (loss, want)
+    # the cache: the prompt once, then one token with past_key_values, gives the full forward's last logits
+    _, _, present = a(idx[:, :6], use_cache=True)
+    assert len(present) == 1 and present[0][0].shape == (2, 2, 6, 4)
+    last, _, present = a(idx[:, 6:7], past_key_values=present, use_cache=True)
+    assert present[0][0].shape == (2, 2, 7, 4) and torch.allclose(last[:, -1], logits[:, 6], atol=1e-5)
 
 
 def test_train_run_sets_the_rate_records_and_stops_on_nan():
@@ -107,3 +125,16 @@ def test_train_run_sets_the_rate_records_and_stops_on_nan():
     assert out["diverged_at"] == 3 and len(out["loss"]) == 4 and math.isnan(out["loss"][-1])
     loss = eval_loss(model, val, n_batches=2, batch_size=4)
     assert abs(loss - math.log(vocab.size)) < 0.5 and model.training  # untrained: about log V; mode restored
+
+
+def test_norm_placement_gpt_is_causal_and_has_module_07s_interface():
+    idx = torch.randint(0, 9, (2, 6), generator=torch.Generator().manual_seed(2))
+    for norm_first in (False, True):
+        model = NormPlacementGPT(9, 6, 2, 2, 8, norm_first, seed=0)
+        logits, loss, present = model(idx, idx)
+        assert logits.shape == (2, 6, 9) and present is None and abs(loss.item() - math.log(9)) < 1.5
+        changed = idx.clone()
+        changed[:, 4:] = (changed[:, 4:] + 1) % 9  # the future must not change the past
+        assert torch.allclose(model(changed)[0][:, :4], logits[:, :4], atol=1e-5)
+        assert isinstance(model.ln_f, nn.LayerNorm) == norm_first  # pre-norm: a final LayerNorm
+        assert all(layer.norm_first == norm_first for layer in model.blocks.layers)

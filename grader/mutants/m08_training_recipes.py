@@ -1,5 +1,5 @@
-"""Known bugs of module 08: the learning-rate schedule, gradient clipping, gradient accumulation, the
-mixed-precision training step and the memory count.
+"""Known bugs of module 08: the learning-rate schedule, gradient clipping, gradient accumulation weighted by
+tokens, the mixed-precision training step, the weight-decay parameter groups and the memory count.
 
 The small functions are written out whole, each with its bug. A learner's train_step is a dozen library calls
 in a fixed order, and each bug is one of them missing or changed: those mutants are the reference's step handed
@@ -136,71 +136,119 @@ def clip_sum_of_norms(parameters, max_norm):
 
 
 # ------------------------------------------------------------------------------------ accumulated_step
-@mutant("accumulated_step", "no scaling: the micro-batches' mean losses summed (K times the gradient)", MUTANTS)
-def accumulate_sum_of_means(model, micro_batches, loss_fn):
+# The model has module 07's interface: model(x, y) -> (logits, loss, present), loss the mean over the targets
+# that are not -100.
+def _counted(y):
+    return int((y != -100).sum())
+
+
+@mutant("accumulated_step", "weights each micro-batch by its examples, len(x) / N (the course's old contract): "
+        "right only when every example has as many counted targets", MUTANTS)
+def accumulate_by_examples(model, micro_batches):
     model.zero_grad(set_to_none=True)
-    total, n = 0.0, sum(len(x) for x, _ in micro_batches)
+    n = sum(len(x) for x, _ in micro_batches)
+    total = 0.0
     for x, y in micro_batches:
-        loss = loss_fn(model(x), y)
-        loss.backward()
+        _, loss, _ = model(x, y)
+        (loss * len(x) / n).backward()
         total += loss.item() * len(x) / n
     return total
 
 
-@mutant("accumulated_step", "each micro-batch divided by the number of micro-batches K, not weighted by its share "
-        "n_k / N (right only for equal sizes)", MUTANTS)
-def accumulate_divide_by_count(model, micro_batches, loss_fn):
+@mutant("accumulated_step", "mean of means: each micro-batch's loss divided by the number of micro-batches K "
+        "(the Trainer's bug before October 2024)", MUTANTS)
+def accumulate_mean_of_means(model, micro_batches):
     model.zero_grad(set_to_none=True)
     total = 0.0
     for x, y in micro_batches:
-        loss = loss_fn(model(x), y) / len(micro_batches)
+        _, loss, _ = model(x, y)
+        (loss / len(micro_batches)).backward()
+        total += loss.item() / len(micro_batches)
+    return total
+
+
+@mutant("accumulated_step", "counts the -100 targets: weights by y.numel() / N, every target position, ignored or not",
+        MUTANTS)
+def accumulate_counts_ignored(model, micro_batches):
+    model.zero_grad(set_to_none=True)
+    n = sum(y.numel() for _, y in micro_batches)
+    total = 0.0
+    for x, y in micro_batches:
+        _, loss, _ = model(x, y)
+        (loss * y.numel() / n).backward()
+        total += loss.item() * y.numel() / n
+    return total
+
+
+@mutant("accumulated_step", "a micro-batch without counted targets not skipped: 0 * nan poisons every gradient",
+        MUTANTS)
+def accumulate_nan_from_padding(model, micro_batches):
+    model.zero_grad(set_to_none=True)
+    n = sum(_counted(y) for _, y in micro_batches)
+    total = 0.0
+    for x, y in micro_batches:
+        _, loss, _ = model(x, y)  # nan when every target is -100
+        (loss * _counted(y) / n).backward()
+        total += loss.item() * _counted(y) / n
+    return total
+
+
+@mutant("accumulated_step", "no scaling: the micro-batches' mean losses summed (K times the gradient)", MUTANTS)
+def accumulate_sum_of_means(model, micro_batches):
+    model.zero_grad(set_to_none=True)
+    total, n = 0.0, sum(_counted(y) for _, y in micro_batches)
+    for x, y in micro_batches:
+        _, loss, _ = model(x, y)
         loss.backward()
-        total += loss.item()
+        total += loss.item() * _counted(y) / n
     return total
 
 
 @mutant("accumulated_step", "no zero_grad: the gradients of an earlier step are still in p.grad", MUTANTS)
-def accumulate_no_zero_grad(model, micro_batches, loss_fn):
-    n = sum(len(x) for x, _ in micro_batches)
+def accumulate_no_zero_grad(model, micro_batches):
+    n = sum(_counted(y) for _, y in micro_batches)
     total = 0.0
     for x, y in micro_batches:
-        loss = loss_fn(model(x), y)
-        (loss * len(x) / n).backward()
-        total += loss.item() * len(x) / n
+        if _counted(y):
+            _, loss, _ = model(x, y)
+            (loss * _counted(y) / n).backward()
+            total += loss.item() * _counted(y) / n
     return total
 
 
 @mutant("accumulated_step", "zero_grad inside the loop: only the last micro-batch's gradient is left", MUTANTS)
-def accumulate_zero_grad_in_loop(model, micro_batches, loss_fn):
-    n = sum(len(x) for x, _ in micro_batches)
+def accumulate_zero_grad_in_loop(model, micro_batches):
+    n = sum(_counted(y) for _, y in micro_batches)
     total = 0.0
     for x, y in micro_batches:
         model.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        (loss * len(x) / n).backward()
-        total += loss.item() * len(x) / n
+        if _counted(y):
+            _, loss, _ = model(x, y)
+            (loss * _counted(y) / n).backward()
+            total += loss.item() * _counted(y) / n
     return total
 
 
 @mutant("accumulated_step", "right gradients, but returns the plain mean of the micro-batch losses", MUTANTS)
-def accumulate_returns_unweighted_mean(model, micro_batches, loss_fn):
+def accumulate_returns_unweighted_mean(model, micro_batches):
     model.zero_grad(set_to_none=True)
-    n = sum(len(x) for x, _ in micro_batches)
+    n = sum(_counted(y) for _, y in micro_batches)
     losses = []
     for x, y in micro_batches:
-        loss = loss_fn(model(x), y)
-        (loss * len(x) / n).backward()
-        losses.append(loss.item())
+        if _counted(y):
+            _, loss, _ = model(x, y)
+            (loss * _counted(y) / n).backward()
+            losses.append(loss.item())
     return sum(losses) / len(losses)
 
 
-@mutant("accumulated_step", "concatenates the micro-batches and runs them at once (right numbers, no memory saved)",
-        MUTANTS)
-def accumulate_all_at_once(model, micro_batches, loss_fn):
+@mutant("accumulated_step", "runs all micro-batches in one forward (right numbers, no memory saved)", MUTANTS)
+def accumulate_all_at_once(model, micro_batches):
     model.zero_grad(set_to_none=True)
-    x = torch.cat([b[0] for b in micro_batches])
-    y = torch.cat([b[1] for b in micro_batches])
-    loss = loss_fn(model(x), y)
+    T = max(x.size(1) for x, _ in micro_batches)  # pad the shorter windows: their padded targets are -100
+    x = torch.cat([F.pad(x, (0, T - x.size(1))) for x, _ in micro_batches])
+    y = torch.cat([F.pad(y, (0, T - y.size(1)), value=-100) for _, y in micro_batches])
+    _, loss, _ = model(x, y)
     loss.backward()
     return loss.item()
 
@@ -307,7 +355,7 @@ def step_clips_after_step(model, batch, optimizer, scaler=None, max_norm=1.0, am
     x, y = batch
     optimizer.zero_grad(set_to_none=True)
     with torch.autocast(device_type=x.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-        loss = F.cross_entropy(model(x).flatten(0, -2).float(), y.flatten())
+        _, loss, _ = model(x, y)
     if scaler is not None:
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
@@ -318,6 +366,50 @@ def step_clips_after_step(model, batch, optimizer, scaler=None, max_norm=1.0, am
         optimizer.step()
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), float("inf") if max_norm is None else max_norm)
     return loss.item(), float(norm)
+
+
+# ------------------------------------------------------------------------------------------ param_groups
+def _groups(decay, no_decay, weight_decay):
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@mutant("param_groups", "decays every parameter, biases and norm weights too (AdamW(model.parameters(), ...))",
+        MUTANTS)
+def groups_decay_everything(model, weight_decay):
+    return _groups([p for p in model.parameters() if p.requires_grad], [], weight_decay)
+
+
+@mutant("param_groups", "minGPT's rule: decays nn.Linear weights only, so the embeddings are not decayed", MUTANTS)
+def groups_linear_only(model, weight_decay):
+    decay = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)} - {
+        id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}  # a tied head is the embedding
+    params = [p for p in model.parameters() if p.requires_grad]
+    return _groups([p for p in params if id(p) in decay], [p for p in params if id(p) not in decay], weight_decay)
+
+
+@mutant("param_groups", "excludes names ending in 'bias' only: LayerNorm and RMSNorm weights are decayed", MUTANTS)
+def groups_bias_only(model, weight_decay):
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    return _groups([p for n, p in named if not n.endswith("bias")], [p for n, p in named if n.endswith("bias")],
+                   weight_decay)
+
+
+@mutant("param_groups", "frozen parameters (requires_grad False) put in a group", MUTANTS)
+def groups_include_frozen(model, weight_decay):
+    params = list(model.parameters())
+    return _groups([p for p in params if p.dim() >= 2], [p for p in params if p.dim() < 2], weight_decay)
+
+
+@mutant("param_groups", "walks the modules' own parameters: a tied weight (wte = lm_head) is listed twice", MUTANTS)
+def groups_tied_twice(model, weight_decay):
+    params = [p for m in model.modules() for p in m.parameters(recurse=False) if p.requires_grad]
+    return _groups([p for p in params if p.dim() >= 2], [p for p in params if p.dim() < 2], weight_decay)
+
+
+@mutant("param_groups", "the weight decays swapped: biases and norms decayed, matrices not", MUTANTS)
+def groups_swapped(model, weight_decay):
+    params = [p for p in model.parameters() if p.requires_grad]
+    return _groups([p for p in params if p.dim() < 2], [p for p in params if p.dim() >= 2], weight_decay)
 
 
 # ------------------------------------------------------------------------------- training_memory_bytes
