@@ -1,9 +1,10 @@
-"""Known bugs of module 07: the config, the GPT (causal mask, KV cache, positions, loss, tying), the
-four sampling functions and generate.
+"""Known bugs of module 07: the config, the attention (causal mask, KV cache, scale, heads), the block
+(norms, residuals, the cache passed on), the GPT (positions, loss, tying, ln_f), the four sampling
+functions, generate and the GPT-2 weight copy.
 
-GPTConfig and GPT mutants are built from the reference namespace: a dataclass subclass that changes
-one field, or a GPT subclass whose attention modules / blocks get a subclass of the reference's class
-with the one method that holds the bug written out. The small sampling functions are written out
+GPTConfig, CausalSelfAttention, Block and GPT mutants are built from the reference namespace: a dataclass
+subclass that changes one field, or a subclass of the reference's class with the one method that holds
+the bug written out. The small sampling functions are written out
 whole, with the bug in them. Some generate mutants wrap the reference and change one argument.
 
 Left out on purpose: "exact GELU instead of the tanh approximation" is not a learner bug here, because
@@ -60,14 +61,18 @@ def config_n_head_8(ref):
     return Mutated
 
 
-# -------------------------------------------------------------------------------------------------- GPT
-def _heads(attn, x, past):
-    """q, k, v (B, nh, T, hs) of the new tokens, and the cached k, v prepended (as the reference does)."""
+# --------------------------------------------------------------------------------- CausalSelfAttention
+# Built from the reference: a subclass of the reference's class with forward written out around the bug.
+def _heads(attn, x):
+    """q, k, v (B, nh, T, hs) of the new tokens, as the reference splits them."""
     B, T, C = x.shape
-    q, k, v = (t.view(B, T, attn.n_head, C // attn.n_head).transpose(1, 2) for t in attn.c_attn(x).split(C, dim=2))
+    return (t.view(B, T, attn.n_head, C // attn.n_head).transpose(1, 2) for t in attn.c_attn(x).split(C, dim=2))
+
+
+def _with_past(k, v, past):
     if past is not None:
         k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
-    return q, k, v
+    return k, v
 
 
 def _finish(attn, att, v, x):
@@ -76,83 +81,166 @@ def _finish(attn, att, v, x):
     return attn.c_proj(y)
 
 
-def _with_attention(ref, forward):
-    """The reference GPT whose attention modules run `forward` (a subclass of the reference's class)."""
-    attention = type("MutatedAttention", (ref["CausalSelfAttention"],), {"forward": forward})
-
-    class Mutated(ref["GPT"]):
-        def __init__(self, config):
-            super().__init__(config)
-            for block in self.transformer.h:
-                block.attn.__class__ = attention
-
-    return Mutated
+def _end_aligned(T, T_all):
+    return torch.ones(T, T_all, dtype=torch.bool).tril(diagonal=T_all - T)
 
 
-@mutant("GPT", "no causal mask: every position attends to the whole sequence", MUTANTS, from_reference=True)
-def gpt_no_causal_mask(ref):
+def _attention(ref, forward):
+    """The reference's CausalSelfAttention with `forward` in place of its own."""
+    return type("MutatedAttention", (ref["CausalSelfAttention"],), {"forward": forward})
+
+
+@mutant("CausalSelfAttention", "no causal mask: every position attends to the whole sequence", MUTANTS,
+        from_reference=True)
+def attn_no_causal_mask(ref):
     def forward(self, x, past=None):
-        q, k, v = _heads(self, x, past)
+        q, k, v = _heads(self, x)
+        k, v = _with_past(k, v, past)
         att = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
         return _finish(self, att, v, x), (k, v)
 
-    return _with_attention(ref, forward)
+    return _attention(ref, forward)
 
 
-@mutant("GPT", "the causal mask aligned to the start: ones(T, T_all).tril() (query i sees keys 0 .. i, not "
-        "0 .. T_past + i)", MUTANTS, from_reference=True)
-def gpt_mask_aligned_to_start(ref):
+@mutant("CausalSelfAttention", "the causal mask aligned to the start: ones(T, T_all).tril() (query i sees keys "
+        "0 .. i, not 0 .. T_past + i)", MUTANTS, from_reference=True)
+def attn_mask_aligned_to_start(ref):
     def forward(self, x, past=None):
-        q, k, v = _heads(self, x, past)
+        q, k, v = _heads(self, x)
+        k, v = _with_past(k, v, past)
         T, T_all = q.size(2), k.size(2)
         att = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
         att = att.masked_fill(~torch.ones(T, T_all, dtype=torch.bool).tril(), float("-inf"))
         return _finish(self, att, v, x), (k, v)
 
-    return _with_attention(ref, forward)
+    return _attention(ref, forward)
 
 
-@mutant("GPT", "the (T, T) causal mask only without a cache: fine one token at a time, wrong for a chunk after a "
-        "cache", MUTANTS, from_reference=True)
-def gpt_mask_ignores_past(ref):
+@mutant("CausalSelfAttention", "the (T, T) causal mask only without a cache: fine one token at a time, wrong for a "
+        "chunk after a cache", MUTANTS, from_reference=True)
+def attn_mask_ignores_past(ref):
     def forward(self, x, past=None):
-        q, k, v = _heads(self, x, past)
+        q, k, v = _heads(self, x)
+        k, v = _with_past(k, v, past)
         T = q.size(2)
         att = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
         if past is None:
             att = att.masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), float("-inf"))
         return _finish(self, att, v, x), (k, v)
 
-    return _with_attention(ref, forward)
+    return _attention(ref, forward)
 
 
-@mutant("GPT", "the cache concatenated along the head axis (dim=1) instead of time (dim=2)", MUTANTS,
+@mutant("CausalSelfAttention", "the cache concatenated along the head axis (dim=1) instead of time (dim=2)", MUTANTS,
         from_reference=True)
-def gpt_cache_wrong_axis(ref):
+def attn_cache_wrong_axis(ref):
     def forward(self, x, past=None):
-        q, k, v = _heads(self, x, None)
+        q, k, v = _heads(self, x)
         if past is not None:
             k, v = torch.cat([past[0], k], dim=1), torch.cat([past[1], v], dim=1)  # the bug: dim=1 is the heads
         T, T_all = q.size(2), k.size(2)
         att = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
-        att = att.masked_fill(~torch.ones(T, T_all, dtype=torch.bool).tril(diagonal=T_all - T), float("-inf"))
+        att = att.masked_fill(~_end_aligned(T, T_all), float("-inf"))
         return _finish(self, att, v, x), (k, v)
 
-    return _with_attention(ref, forward)
+    return _attention(ref, forward)
 
 
-@mutant("GPT", "scores scaled by 1/hs instead of 1/sqrt(hs)", MUTANTS, from_reference=True)
-def gpt_scale_by_hs(ref):
+@mutant("CausalSelfAttention", "the cached keys and values appended after the new ones: cat([k, past_k])", MUTANTS,
+        from_reference=True)
+def attn_past_after_new(ref):
     def forward(self, x, past=None):
-        q, k, v = _heads(self, x, past)
+        q, k, v = _heads(self, x)
+        if past is not None:
+            k, v = torch.cat([k, past[0]], dim=2), torch.cat([v, past[1]], dim=2)  # the bug: the new ones first
+        T, T_all = q.size(2), k.size(2)
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
+        att = att.masked_fill(~_end_aligned(T, T_all), float("-inf"))
+        return _finish(self, att, v, x), (k, v)
+
+    return _attention(ref, forward)
+
+
+@mutant("CausalSelfAttention", "scores scaled by 1/hs instead of 1/sqrt(hs)", MUTANTS, from_reference=True)
+def attn_scale_by_hs(ref):
+    def forward(self, x, past=None):
+        q, k, v = _heads(self, x)
+        k, v = _with_past(k, v, past)
         T, T_all = q.size(2), k.size(2)
         att = (q @ k.transpose(-2, -1)) / q.size(-1)
-        att = att.masked_fill(~torch.ones(T, T_all, dtype=torch.bool).tril(diagonal=T_all - T), float("-inf"))
+        att = att.masked_fill(~_end_aligned(T, T_all), float("-inf"))
         return _finish(self, att, v, x), (k, v)
 
-    return _with_attention(ref, forward)
+    return _attention(ref, forward)
 
 
+@mutant("CausalSelfAttention", "heads merged without the transpose: (B, nh, T, hs).reshape(B, T, C)", MUTANTS,
+        from_reference=True)
+def attn_merge_without_transpose(ref):
+    def forward(self, x, past=None):
+        B, T, C = x.shape
+        q, k, v = _heads(self, x)
+        k, v = _with_past(k, v, past)
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(q.size(-1))
+        att = att.masked_fill(~_end_aligned(T, k.size(2)), float("-inf"))
+        y = (att.softmax(dim=-1) @ v).reshape(B, T, C)  # the bug: heads and time mixed up
+        return self.c_proj(y), (k, v)
+
+    return _attention(ref, forward)
+
+
+# ------------------------------------------------------------------------------------------------ Block
+def _block(ref, forward):
+    """The reference's Block with `forward` in place of its own."""
+    return type("MutatedBlock", (ref["Block"],), {"forward": forward})
+
+
+@mutant("Block", "post-norm blocks: x = ln_1(x + attn(x)), x = ln_2(x + mlp(x))", MUTANTS, from_reference=True)
+def block_post_norm(ref):
+    def forward(self, x, past=None):
+        a, kv = self.attn(x, past)
+        x = self.ln_1(x + a)
+        return self.ln_2(x + self.mlp(x)), kv
+
+    return _block(ref, forward)
+
+
+@mutant("Block", "the residual around the norm: x = ln_1(x), then x = x + attn(x) (the stream is normalised)",
+        MUTANTS, from_reference=True)
+def block_residual_around_norm(ref):
+    def forward(self, x, past=None):
+        x = self.ln_1(x)
+        a, kv = self.attn(x, past)
+        x = x + a
+        x = self.ln_2(x)
+        return x + self.mlp(x), kv
+
+    return _block(ref, forward)
+
+
+@mutant("Block", "one LayerNorm for both branches: ln_1 before the MLP too (ln_2 unused)", MUTANTS,
+        from_reference=True)
+def block_shared_norm(ref):
+    def forward(self, x, past=None):
+        a, kv = self.attn(self.ln_1(x), past)
+        x = x + a
+        return x + self.mlp(self.ln_1(x)), kv
+
+    return _block(ref, forward)
+
+
+@mutant("Block", "past not handed on to the attention: the cache is dropped inside the block", MUTANTS,
+        from_reference=True)
+def block_drops_past(ref):
+    def forward(self, x, past=None):
+        a, kv = self.attn(self.ln_1(x))
+        x = x + a
+        return x + self.mlp(self.ln_2(x)), kv
+
+    return _block(ref, forward)
+
+
+# -------------------------------------------------------------------------------------------------- GPT
 @mutant("GPT", "positions not offset with a cache: wpe(arange(T)) for the new tokens, whatever T_past is", MUTANTS,
         from_reference=True)
 def gpt_positions_not_offset(ref):
@@ -166,23 +254,6 @@ def gpt_positions_not_offset(ref):
                 return super().forward(idx, targets, past_key_values, use_cache)
             finally:
                 del wpe.forward
-
-    return Mutated
-
-
-@mutant("GPT", "post-norm blocks: x = ln_1(x + attn(x)), x = ln_2(x + mlp(x))", MUTANTS, from_reference=True)
-def gpt_post_norm(ref):
-    class PostNorm(ref["Block"]):
-        def forward(self, x, past=None):
-            a, kv = self.attn(x, past)
-            x = self.ln_1(x + a)
-            return self.ln_2(x + self.mlp(x)), kv
-
-    class Mutated(ref["GPT"]):
-        def __init__(self, config):
-            super().__init__(config)
-            for block in self.transformer.h:
-                block.__class__ = PostNorm
 
     return Mutated
 
@@ -208,6 +279,33 @@ def gpt_untied(ref):
         def __init__(self, config):
             super().__init__(config)
             self.transformer.wte.weight = torch.nn.Parameter(self.lm_head.weight.detach().clone())
+
+    return Mutated
+
+
+@mutant("GPT", "no final LayerNorm: lm_head reads the residual stream as it leaves the last block", MUTANTS,
+        from_reference=True)
+def gpt_no_ln_f(ref):
+    class Mutated(ref["GPT"]):
+        def forward(self, idx, targets=None, past_key_values=None, use_cache=False):
+            ln_f = self.transformer.ln_f
+            ln_f.forward = lambda x: x  # the bug: ln_f skipped
+            try:
+                return super().forward(idx, targets, past_key_values, use_cache)
+            finally:
+                del ln_f.forward
+
+    return Mutated
+
+
+@mutant("GPT", "every block gets the whole past_key_values tuple (block i's cache not picked out)", MUTANTS,
+        from_reference=True)
+def gpt_past_not_per_layer(ref):
+    class Mutated(ref["GPT"]):
+        def forward(self, idx, targets=None, past_key_values=None, use_cache=False):
+            if past_key_values is not None:  # the bug, as a learner writes it: the first layer's cache for all
+                past_key_values = tuple(past_key_values[0] for _ in past_key_values)
+            return super().forward(idx, targets, past_key_values, use_cache)
 
     return Mutated
 
@@ -440,3 +538,64 @@ def generate_wrong_axis(model, idx, max_new_tokens, temperature=1.0, top_k=None,
         next_token = logits.argmax(dim=-1)  # (B,)
         idx = torch.cat([idx, next_token[None]], dim=0)  # the bug: a new row instead of a new column
     return idx
+
+
+# ------------------------------------------------------------------------------------ load_gpt2_weights
+_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+
+
+@mutant("load_gpt2_weights", "transposes only where the shapes differ: the square attn.c_proj is copied as it is "
+        "(no error, wrong numbers)", MUTANTS)
+def load_square_not_transposed(model, hf_model):
+    theirs = hf_model.state_dict()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            w = theirs[name]
+            p.copy_(w.t() if w.shape != p.shape else w)
+    return model
+
+
+@mutant("load_gpt2_weights", "transposes every 2-D weight, the embeddings too", MUTANTS)
+def load_transposes_embeddings(model, hf_model):
+    theirs = hf_model.state_dict()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            w = theirs[name]
+            p.copy_(w.t() if w.dim() == 2 else w)
+    return model
+
+
+@mutant("load_gpt2_weights", "copies the blocks and the embeddings, forgets ln_f", MUTANTS)
+def load_skips_ln_f(model, hf_model):
+    theirs = hf_model.state_dict()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("transformer.ln_f"):
+                continue
+            w = theirs[name]
+            p.copy_(w.t() if name.endswith(_CONV1D) else w)
+    return model
+
+
+@mutant("load_gpt2_weights", "copies the weights only, the biases stay as they were", MUTANTS)
+def load_skips_biases(model, hf_model):
+    theirs = hf_model.state_dict()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(".bias"):
+                continue
+            w = theirs[name]
+            p.copy_(w.t() if name.endswith(_CONV1D) else w)
+    return model
+
+
+@mutant("load_gpt2_weights", "lm_head assigned a new Parameter of its own (a copy of GPT-2's): no longer tied to wte",
+        MUTANTS)
+def load_unties_lm_head(model, hf_model):
+    theirs = hf_model.state_dict()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            w = theirs[name]
+            p.copy_(w.t() if name.endswith(_CONV1D) else w)
+    model.lm_head.weight = torch.nn.Parameter(theirs["lm_head.weight"].clone())
+    return model
