@@ -1,8 +1,10 @@
 """Helpers for module 09 (the Mini-GPT capstone): write the learner's cells out as the program `minigpt.py`,
 run it as a script (also under torchrun), read its training history, and measure generated text.
 
-Nothing here tokenizes, batches, trains, checkpoints or samples: the program is the learner's code (and the
-given model from module 07, the schedule from module 08), written out from the notebook's cells.
+Nothing here tokenizes, batches, trains, checkpoints or samples: the program is the learner's code (their GPT
+and generate from module 07, the exercises of module 09) and the given recipe (module 08's schedule), written out
+from the notebook's cells. `hf_char_tokenizer` is plumbing for the export to Hugging Face: the same ids as the
+learner's CharTokenizer, as a tokenizer that `pipeline` can load.
 """
 
 import ast
@@ -22,8 +24,8 @@ import matplotlib.pyplot as plt
 from deepdive.encoders import smooth
 
 PROGRAM_HEADER = '''"""minigpt.py: a character-level GPT that trains, checkpoints, resumes, samples, and runs on several
-processes. Written by the course's notebook 09 from its cells (the model from module 07, the schedule from
-module 08, the rest yours). Run `python minigpt.py --help`.
+processes. Written by the course's notebook 09 from its cells (your GPT and generate from module 07, module 08's
+schedule, your module 09 exercises). Run `python minigpt.py --help`.
 """
 
 import argparse
@@ -42,9 +44,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 '''
 
 # What notebook 09 writes into minigpt.py, in order (its cell passes the objects themselves).
-PROGRAM_PARTS = ("GPTConfig", "CausalSelfAttention", "MLP", "Block", "GPT", "make_optimizer", "warmup_cosine_lr",
-                 "apply_sampling_filters", "estimate_loss", "TrainConfig", "CharTokenizer", "get_batch",
-                 "save_checkpoint", "load_checkpoint", "train", "sample", "main")
+PROGRAM_PARTS = ("GPTConfig", "MLP", "CausalSelfAttention", "Block", "GPT", "apply_temperature", "top_k_filter",
+                 "top_p_filter", "apply_repetition_penalty", "generate", "make_optimizer", "warmup_cosine_lr",
+                 "estimate_loss", "TrainConfig", "CharTokenizer", "get_batch", "save_checkpoint", "load_checkpoint",
+                 "train", "sample", "main")
 
 PROGRAM_FOOTER = '''
 
@@ -153,6 +156,22 @@ def read_history(out_dir) -> dict:
     if not path.exists():
         raise FileNotFoundError(f"no {path}: run `python minigpt.py train --out-dir {out_dir}` first")
     return json.loads(path.read_text())
+
+
+# ------------------------------------------------------------------------------ Hugging Face export
+def hf_char_tokenizer(chars):
+    """A transformers tokenizer (`PreTrainedTokenizerFast`) with the ids of a character tokenizer whose
+    vocabulary is `chars` (id = position): a `tokenizers` WordLevel model over the single characters, a
+    pre-tokenizer that cuts the text into characters (newlines and spaces included), and a decoder that joins
+    the characters with nothing between them. No special tokens; a character outside `chars` raises.
+    `save_pretrained(folder)` writes it next to an exported model, and `pipeline(..., tokenizer=folder)` loads it."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    core = Tokenizer(models.WordLevel(vocab={c: i for i, c in enumerate(chars)}, unk_token=None))
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # one piece per character
+    core.decoder = decoders.Fuse()  # ids -> characters, concatenated (WordLevel's default puts spaces between)
+    return PreTrainedTokenizerFast(tokenizer_object=core, clean_up_tokenization_spaces=False)
 
 
 # ------------------------------------------------------------------------------- generation quality

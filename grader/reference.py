@@ -22,6 +22,13 @@ def is_setup_cell(cell) -> bool:
     return cell.cell_type == "code" and "setup" in cell.metadata.get("tags", [])
 
 
+def is_carried_cell(cell) -> bool:
+    """A solution cell without points whose grade id ends in `_carried`: the learner's code from an earlier module,
+    carried into this one (module 09's `gpt07_carried`: module 07's GPT and generate). No visible or hidden cell
+    follows it; its solution region is the earlier module's reference code (grader/README.md)."""
+    return is_solution_cell(cell) and cell.metadata["nbgrader"].get("grade_id", "").endswith("_carried")
+
+
 def reference_namespace(assignment_id: str) -> dict:
     """Execute the setup and solution cells of the instructor notebook; return their globals.
 

@@ -14,16 +14,21 @@ import pytest
 from grader import build
 from grader.assignments import COURSE, ROOT, assignment_ids, solution_notebook
 from grader.manual import is_answer_cell
+from grader.reference import is_carried_cell
 
 MARKERS = re.compile(r"BEGIN SOLUTION|END SOLUTION|BEGIN HIDDEN TESTS|END HIDDEN TESTS|\*\*Rubric: `")
 
 
 @functools.cache
 def solution_lines(aid: str) -> frozenset[str]:
-    """Distinctive lines of the reference: inside solution regions and hidden-test regions."""
+    """Distinctive lines of the reference: inside solution regions and hidden-test regions. A carried cell's
+    region is an earlier module's reference code (module 09's copy of 07's), so its lines are that module's,
+    allowed in a later module's release like any given code (tests/test_capstone.py keeps the two copies equal)."""
     nb = nbformat.read(solution_notebook(aid), as_version=4)
     lines = set()
     for cell in nb.cells:
+        if is_carried_cell(cell):
+            continue
         for begin, end in (("### BEGIN SOLUTION", "### END SOLUTION"), ("### BEGIN HIDDEN TESTS", "### END HIDDEN TESTS")):
             for block in re.findall(re.escape(begin) + r"(.*?)" + re.escape(end), cell.source, re.S):
                 for line in block.splitlines():
@@ -42,8 +47,9 @@ def all_solution_lines() -> set[str]:
 
 def secret_lines_for(relpath: str) -> set[str]:
     """The solution lines a released file must not contain: a module's notebook (course/NN_topic/...) may hold
-    the answers of *earlier* modules as given code (grader/README.md: module 09 is given module 07's GPT and
-    module 08's schedule), never its own or a later module's; every other file none at all."""
+    the answers of *earlier* modules as given code (grader/README.md: module 09 is given module 08's schedule;
+    its carried cell holds module 07's GPT, which the release leaves to the learner's `%load`), never its own or a
+    later module's; every other file none at all."""
     parts = Path(relpath).parts
     if len(parts) >= 2 and parts[0] == "course" and parts[1] in assignment_ids():
         return set().union(*(solution_lines(aid) for aid in assignment_ids() if aid >= parts[1]))

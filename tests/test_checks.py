@@ -16,7 +16,7 @@ import pytest
 from grader.assignments import assignment_ids, checks_module, mutants_module, solution_notebook
 from grader.hidden import hidden_tests
 from grader.manual import is_answer_cell
-from grader.reference import reference_namespace
+from grader.reference import is_carried_cell, reference_namespace
 from grader.trusted import record_and_judge
 
 SEEDS = (0, 1, 2, 3, 4)
@@ -33,10 +33,11 @@ def all_checks(assignment_id):
 
 
 def graded_names(assignment_id) -> list[str]:
-    """The graded API of a notebook: X for every solution cell `X_solution`, in notebook order."""
+    """The graded API of a notebook: X for every solution cell `X_solution`, in notebook order (a carried cell,
+    an earlier module's code without points, is not one: grader.reference.is_carried_cell)."""
     nb = nbformat.read(solution_notebook(assignment_id), as_version=4)
     ids = [c.metadata.get("nbgrader", {}).get("grade_id", "") for c in nb.cells
-           if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("solution")]
+           if c.cell_type == "code" and c.metadata.get("nbgrader", {}).get("solution") and not is_carried_cell(c)]
     return [i.removesuffix("_solution") for i in ids]
 
 
@@ -137,8 +138,9 @@ def test_every_graded_name_has_solution_visible_and_hidden_cells(assignment_id):
         assert name in ns, f"{assignment_id}: the cell {name}_solution does not define {name}"
     answers = {c.metadata["nbgrader"]["grade_id"] for c in nb.cells if is_answer_cell(c)}
     assert all(a.endswith("_answer") for a in answers), f"{assignment_id}: an answer cell's id is <name>_answer: {answers}"
-    graded = {i for i in ids if i} - answers - {f"{n}_{kind}" for n in graded_names(assignment_id)
-                                                for kind in ("solution", "visible", "hidden")}
+    carried = {c.metadata["nbgrader"]["grade_id"] for c in nb.cells if is_carried_cell(c)}
+    graded = {i for i in ids if i} - answers - carried - {f"{n}_{kind}" for n in graded_names(assignment_id)
+                                                          for kind in ("solution", "visible", "hidden")}
     assert not graded, f"{assignment_id}: grade ids outside the naming rule: {sorted(graded)}"
 
 

@@ -9,21 +9,30 @@ Oracles and properties (grader/README.md, "Oracle rule"):
 - `save_checkpoint` / `load_checkpoint`: the documented file, against the check's own model, optimizer and
   generator (a small torch model, AdamW): written by the learner and read with `torch.load(weights_only=True)`,
   or written by the check and restored by the learner; then one more optimizer step on both sides.
-- `train`: its learning rates against transformers' `get_cosine_with_min_lr_schedule_with_warmup`; a resume
+- `train`: run with transformers' `GPT2LMHeadModel` (behind module 07's interface, built from the config) in place of
+  the learner's `GPT` / `GPTConfig`. Its learning rates against transformers' `get_cosine_with_min_lr_schedule_with_warmup`; a resume
   after stopping mid-warmup (dropout on, so torch's RNG matters) against an uninterrupted run; DDP on 2 CPU
   processes (gloo, forked) against one process on the concatenated batch, compared on the weights and on
   AdamW's moments (one step of AdamW moves a weight by about lr * sign(gradient), which would hide gradients
   that were summed instead of averaged; the first moment is (1 - beta1) * gradient); the validation loss of
   a short run's checkpoint, computed by GPT2LMHeadModel with those weights on held-out windows of
   validation.txt.
-- `sample`: on the check's model (transformers' GPT2LMHeadModel behind the given GPT's interface) and the
-  check's tokenizer: greedy decoding against the same library model run by the check, with the context cropped
-  to block_size; reproducible under a seeded generator; the empirical next-character distribution against
-  transformers' TemperatureLogitsWarper / TopKLogitsWarper / TopPLogitsWarper.
+- `sample`: on the check's model (transformers' GPT2LMHeadModel behind module 07's interface) and the check's
+  tokenizer, with a trusted generate (the library model's argmax, transformers' logits processors and
+  torch.multinomial with the generator) in place of the learner's module 07 generate: greedy decoding against the
+  same library model run by the check; reproducible under a seeded generator; the empirical next-character
+  distribution against transformers' TemperatureLogitsWarper / TopKLogitsWarper / TopPLogitsWarper; the model's
+  train/eval mode kept.
+- `export_to_gpt2`: on a model with module 07's names and layout that the check builds from torch containers
+  (nn.ModuleDict / nn.Linear / nn.Embedding / nn.LayerNorm, random weights, lm_head tied), not the learner's GPT:
+  the exported GPT2LMHeadModel's config, its tie, and its logits against GPT2LMHeadModel built with the same
+  weights by grader.checks._gpt2.gpt2_from_gpt, also after save_pretrained / from_pretrained.
 
-One bug costs points once: the checks of `sample` use their own model and tokenizer, those of the checkpoint
-functions their own model and files; `train` is run with the notebook's given model, schedule and the
-learner's `get_batch` / checkpoint functions (its messages name them).
+One bug costs points once: the carried module 07 code (the learner's GPT and generate) is never judged here: the
+checks of `train` and `sample` swap library versions in for it on the learner's side; the checks of `sample` use
+their own model and tokenizer, those of the checkpoint functions their own model and files, that of
+`export_to_gpt2` its own model; `train` runs with the learner's `get_batch` / checkpoint functions (its messages
+name them).
 """
 
 import dataclasses
@@ -47,8 +56,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepdive.decoders import shakespeare_chars
-from deepdive.oracles import gpt2_from_gpt
-from grader.checks._common import assert_close, generator, learner_call, learner_namespaces
+from grader.checks._common import (
+    assert_close,
+    generator,
+    learner_call,
+    learner_namespaces,
+    swapped_globals_of,
+)
+from grader.checks._gpt2 import gpt2_from_gpt
 from grader.trusted import LearnerRaised, live, on_learner_side, trusted_check
 
 
@@ -518,6 +533,52 @@ def _quiet(*args, **kwargs):
     pass
 
 
+@dataclasses.dataclass
+class _LibraryConfig:
+    """Module 07's GPTConfig contract (its fields, GPT-2 small's defaults), for the library model below."""
+
+    block_size: int = 1024
+    vocab_size: int = 50257
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = True
+
+
+class _LibraryTrainGPT(nn.Module):
+    """transformers' GPT2LMHeadModel behind module 07's GPT interface, built from a GPTConfig: forward(idx,
+    targets=None, past_key_values=None, use_cache=False) -> (logits (B, T, V), mean cross-entropy or None, None),
+    dropout -> resid/embd/attn_pdrop. Its parameters are GPT2LMHeadModel's own (transformer.*, lm_head tied to
+    wte, Conv1D weights (in, out)), so its checkpoints load into GPT2LMHeadModel as they are."""
+
+    def __init__(self, config):
+        super().__init__()
+        from transformers import GPT2Config, GPT2LMHeadModel
+
+        p = float(config.dropout)
+        hf = GPT2LMHeadModel(GPT2Config(vocab_size=config.vocab_size, n_positions=config.block_size,
+                                        n_embd=config.n_embd, n_layer=config.n_layer, n_head=config.n_head,
+                                        resid_pdrop=p, embd_pdrop=p, attn_pdrop=p, bos_token_id=None,
+                                        eos_token_id=None))
+        self.config = config
+        self.transformer, self.lm_head = hf.transformer, hf.lm_head
+
+    def forward(self, idx, targets=None, past_key_values=None, use_cache=False):
+        logits = self.lm_head(self.transformer(idx, use_cache=False).last_hidden_state)  # (B, T, V)
+        loss = None if targets is None else F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+        return logits, loss, None
+
+
+def _library_gpt(train):
+    """On the learner's side: while the block runs, the notebook's GPT and GPTConfig as `train` sees them are the
+    library model above (one bug costs points once: the learner's module 07 GPT is judged in module 07)."""
+    return swapped_globals_of(train, {"GPT": _LibraryTrainGPT, "GPTConfig": _LibraryConfig})
+
+
+_USED_LIBRARY = "your train ran with transformers' GPT2LMHeadModel in place of your module 07 GPT"
+
+
 SCHEDULE = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=4, max_iters=12, warmup_iters=3,
                 lr=1e-2, min_lr=1e-3, eval_interval=6, eval_windows=8, ckpt_interval=1000, dropout=0.0)
 
@@ -546,14 +607,14 @@ def check_train_schedule(train, seed=0):
 
     def run(fn):
         train_ids, val_ids = _train_data()
-        with torch.random.fork_rng(devices=[]), tempfile.TemporaryDirectory() as tmp:
+        with torch.random.fork_rng(devices=[]), tempfile.TemporaryDirectory() as tmp, _library_gpt(fn):
             history = fn(_config(fn, **cfg_over), train_ids, val_ids, tmp, log=_quiet)
             return {"history": history, "ckpt_step": _ckpt_tensors(Path(tmp) / "ckpt.pt")["step"]}
 
     try:
         out = on_learner_side(call, lambda: run(live(train)))
     except LearnerRaised as exc:
-        raise exc.explain(call + " (your train, with your get_batch and checkpoint functions)") from None
+        raise exc.explain(call + f" ({_USED_LIBRARY}, with your get_batch and checkpoint functions)") from None
     h = _history(out.get("history") if isinstance(out, dict) else None, call)
     if h["step"] != list(range(12)):
         raise AssertionError(f"{call}: history['step'] is {h['step'][:14]}, expected [0, 1, ..., 11]")
@@ -585,13 +646,13 @@ def check_train_resume(train, seed=0):
     """Stopping a 10-step run after step 4 (mid-warmup, dropout 0.1) and resuming from its checkpoint in a fresh
     state gives the same losses, learning rates and final weights as the uninterrupted run."""
     cfg_over = dict(RESUME, seed=seed)
-    call = (f"train(cfg, ..., stop_at={STOP}) then train(cfg, ..., resume=True) (your train with your get_batch, "
-            "save_checkpoint and load_checkpoint)")
+    call = (f"train(cfg, ..., stop_at={STOP}) then train(cfg, ..., resume=True) ({_USED_LIBRARY}, with your "
+            "get_batch, save_checkpoint and load_checkpoint)")
 
     def run(fn):
         train_ids, val_ids = _train_data()
         cfg = _config(fn, **cfg_over)
-        with torch.random.fork_rng(devices=[]), tempfile.TemporaryDirectory() as tmp:
+        with torch.random.fork_rng(devices=[]), tempfile.TemporaryDirectory() as tmp, _library_gpt(fn):
             full = fn(cfg, train_ids, val_ids, Path(tmp) / "full", log=_quiet)
             first = fn(cfg, train_ids, val_ids, Path(tmp) / "cut", stop_at=STOP, log=_quiet)
             torch.manual_seed(seed + 4242)  # a new process: nothing carries over but the checkpoint
@@ -694,7 +755,7 @@ def _ddp_runs(fn, seed):
     single_cfg = dataclasses.replace(cfg, batch_size=2 * cfg.batch_size)
     train_ids, val_ids = _train_data()
     ctx = mp.get_context("fork")
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _library_gpt(fn):  # the forked children inherit the swap
         port = _free_port()
         procs = [ctx.Process(target=_ddp_child, args=(fn, cfg, rank, 2, port, Path(tmp) / "ddp",
                                                       Path(tmp) / f"error{rank}.txt", Path(tmp) / f"stack{rank}.txt"),
@@ -729,7 +790,8 @@ def check_train_ddp(train, seed=0):
     """Two processes (WORLD_SIZE=2, gloo, batch_size 4 each) take the same 2 steps as one process with
     batch_size 8: the same weights and the same AdamW moments afterwards (gradients averaged over the
     processes, each process on its rows of the one global batch)."""
-    call = "train under 2 processes (RANK 0/1, WORLD_SIZE=2, batch_size=4) vs one process with batch_size=8"
+    call = (f"train under 2 processes (RANK 0/1, WORLD_SIZE=2, batch_size=4) vs one process with batch_size=8 "
+            f"({_USED_LIBRARY})")
     out = learner_call(call, lambda: _ddp_runs(live(train), seed))
     if not isinstance(out, dict) or not all(isinstance(out.get(k), dict) for k in ("ddp", "single")):
         raise AssertionError(f"{call}: the check could not read the two runs' checkpoints")
@@ -758,19 +820,38 @@ TRAINED = dict(n_layer=2, n_head=4, n_embd=64, block_size=32, batch_size=32, max
                lr=6e-3, min_lr=6e-4, grad_clip=1.0, dropout=0.0, eval_interval=100_000, eval_windows=8,
                ckpt_interval=100_000)
 EVAL_WINDOWS = 256
-# Calibration (2-core CPU, 2026-12-03, reference train, check seeds 0-4): validation loss 2.2336, 2.1984, 2.2192,
-# 2.2455, 2.2392 (4-7 s each). Known-broken runs (seed 0): no zero_grad 2.913, one start for the whole batch 3.076,
-# unshifted targets 10.6 (runs that only change the schedule: 2.227-2.258, caught by check_train_schedule instead).
-# Threshold 2.45: margin 0.20 above the worst reference seed, 0.46 below the best broken run.
+# Calibration (2-core CPU, 2026-12-07, reference train with the check's GPT2LMHeadModel in place of the learner's
+# GPT, check seeds 0-4): validation loss 2.2408, 2.2269, 2.2315, 2.2730, 2.2322. Known-broken runs (seed 0): no
+# zero_grad 2.954, one start for the whole batch 3.098, unshifted targets 10.7 (schedule-only bugs are caught by
+# check_train_schedule). Threshold 2.45: margin 0.18 above the worst reference seed, 0.50 below the best broken
+# run. (With the model this notebook gave before, 2026-12-03: 2.1984-2.2455; no zero_grad 2.913.)
 MAX_VAL_LOSS = 2.45
 
 
 def _trained_state(fn, seed):
     cfg = _config(fn, **dict(TRAINED, seed=1000 + seed))
     train_ids, val_ids = _train_data()
-    with torch.random.fork_rng(devices=[]), tempfile.TemporaryDirectory() as tmp:
+    with torch.random.fork_rng(devices=[]), tempfile.TemporaryDirectory() as tmp, _library_gpt(fn):
         fn(cfg, train_ids, val_ids, tmp, log=_quiet)
         return _ckpt_tensors(Path(tmp) / "ckpt.pt")["model"]
+
+
+def _oracle(state: dict, n_head: int):
+    """GPT2LMHeadModel with a checkpoint's weights: in the library model's own layout (what train builds under the
+    check: Conv1D weights (C, 3C)) loaded as they are, in module 07's layout ((3C, C)) through gpt2_from_gpt."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    V, C = state["transformer.wte.weight"].shape
+    if tuple(state["transformer.h.0.attn.c_attn.weight"].shape) != (C, 3 * C):
+        return gpt2_from_gpt(state, n_head)
+    n_layer = 1 + max(int(name.split(".")[2]) for name in state if name.startswith("transformer.h."))
+    config = GPT2Config(vocab_size=V, n_positions=state["transformer.wpe.weight"].shape[0], n_embd=C, n_layer=n_layer,
+                        n_head=n_head, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=None,
+                        eos_token_id=None)
+    with torch.random.fork_rng(devices=[]):  # the random initialisation is overwritten
+        model = GPT2LMHeadModel(config)
+    model.load_state_dict({**state, "lm_head.weight": state["transformer.wte.weight"]})
+    return model.eval()
 
 
 def validation_loss(state: dict, seed: int) -> float:
@@ -780,7 +861,7 @@ def validation_loss(state: dict, seed: int) -> float:
     T = TRAINED["block_size"]
     starts = torch.randint(0, len(val) - T, (EVAL_WINDOWS,), generator=generator(50_000 + seed))  # (N,)
     windows = val[starts[:, None] + torch.arange(T + 1)]  # (N, T + 1)
-    oracle = gpt2_from_gpt(state, TRAINED["n_head"])
+    oracle = _oracle(state, TRAINED["n_head"])
     with torch.no_grad():
         logits = oracle(windows[:, :-1]).logits  # (N, T, V)
     return F.cross_entropy(logits.flatten(0, 1), windows[:, 1:].flatten()).item()
@@ -791,7 +872,8 @@ def check_train_trained(train, seed=0):
     """A 300-step run (2 layers, width 64, context 32, batch 32, lr 6e-3) leaves a checkpoint whose validation
     loss, computed by the check with GPT2LMHeadModel on held-out windows of validation.txt, is below the
     threshold."""
-    call = "train(TrainConfig(n_layer=2, n_embd=64, block_size=32, batch_size=32, max_iters=300, lr=6e-3), ...)"
+    call = (f"train(TrainConfig(n_layer=2, n_embd=64, block_size=32, batch_size=32, max_iters=300, lr=6e-3), ...) "
+            f"({_USED_LIBRARY})")
     state = learner_call(call, lambda: _trained_state(live(train), seed))
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise AssertionError(f"{call}: the checkpoint's 'model' is not a state_dict of tensors")
@@ -800,7 +882,8 @@ def check_train_trained(train, seed=0):
     try:
         loss = validation_loss(state, seed)
     except (ValueError, KeyError, RuntimeError) as exc:
-        raise AssertionError(f"{call}: the checkpoint's weights do not fit the given GPT's layout ({exc})") from None
+        raise AssertionError(f"{call}: the checkpoint's weights do not fit GPT-2's layout ({exc}): save "
+                             "model.state_dict() of the model train built") from None
     if not loss < MAX_VAL_LOSS:
         raise AssertionError(
             f"{call}: validation loss {loss:.3f} nats/character (computed by the check from the checkpoint); a "
@@ -827,8 +910,9 @@ class _Tok:
 
 
 class _LibraryGPT(nn.Module):
-    """transformers' GPT2LMHeadModel behind the given GPT's interface: forward(idx, targets=None) -> (logits,
-    loss), and config.block_size."""
+    """transformers' GPT2LMHeadModel behind module 07's GPT interface: forward(idx, targets=None,
+    past_key_values=None, use_cache=False) -> (logits, None, None) (no cache: the check's generate does not use
+    one), and config.block_size."""
 
     def __init__(self, seed: int, block_size: int = 8):
         super().__init__()
@@ -846,8 +930,67 @@ class _LibraryGPT(nn.Module):
         self.gpt.eval()
         self.config = SimpleNamespace(block_size=block_size)
 
-    def forward(self, idx, targets=None):
-        return self.gpt(idx).logits, None
+    def forward(self, idx, targets=None, past_key_values=None, use_cache=False):
+        return self.gpt(idx).logits, None, None
+
+
+def _trusted_generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, repetition_penalty=1.0,
+                      use_cache=True, generator=None):
+    """The check's generate, with module 07's signature and behaviour, from library pieces: the model switched to
+    eval() and left there, the context cropped to block_size, temperature 0 the argmax, otherwise transformers'
+    processors (repetition penalty, temperature, top-k, top-p: generate's order), softmax and
+    torch.multinomial(..., generator=generator). The cache is not used."""
+    from transformers import (
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    model.eval()
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            logits = model(idx[:, -model.config.block_size:])[0][:, -1, :]  # (B, V)
+            if repetition_penalty != 1.0:
+                logits = RepetitionPenaltyLogitsProcessor(repetition_penalty)(idx, logits)
+            if temperature == 0:
+                next_id = logits.argmax(dim=-1, keepdim=True)  # (B, 1)
+            else:
+                logits = TemperatureLogitsWarper(temperature)(idx, logits)
+                if top_k is not None:
+                    logits = TopKLogitsWarper(top_k)(idx, logits)
+                if top_p is not None:
+                    logits = TopPLogitsWarper(top_p)(idx, logits)
+                next_id = torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)  # (B, 1)
+            idx = torch.cat([idx, next_id], dim=1)  # (B, T + 1)
+    return idx
+
+
+def _library_processors() -> dict:
+    """Module 07's four sampling functions as transformers' processors (for a sample that calls them itself)."""
+    from transformers import (
+        RepetitionPenaltyLogitsProcessor,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    return {"apply_temperature": lambda logits, temperature: TemperatureLogitsWarper(temperature)(None, logits),
+            "top_k_filter": lambda logits, k: TopKLogitsWarper(top_k=int(k))(None, logits),
+            "top_p_filter": lambda logits, p: TopPLogitsWarper(top_p=p)(None, logits),
+            "apply_repetition_penalty": lambda logits, idx, penalty: RepetitionPenaltyLogitsProcessor(penalty)(idx, logits)}
+
+
+def _trusted_sampling(sample):
+    """On the learner's side: while the block runs, `generate` and module 07's four sampling functions as the
+    learner's sample sees them are the check's (one bug costs points once: the learner's module 07 code is judged
+    in module 07)."""
+    return swapped_globals_of(sample, {"generate": _trusted_generate, **_library_processors()})
+
+
+_USED_GENERATE = ("(This check ran your sample on transformers' GPT2LMHeadModel, with a generate of its own and "
+                  "transformers' logits processors in place of your module 07 generate and sampling functions, so "
+                  "only sample itself is judged.)")
 
 
 def _greedy(model: _LibraryGPT, ids: list[int], n: int) -> list[int]:
@@ -862,17 +1005,25 @@ def _greedy(model: _LibraryGPT, ids: list[int], n: int) -> list[int]:
 @trusted_check(points=2)
 def check_sample(sample, seed=0):
     """Greedy decoding (temperature 0) on the check's library model gives the library's own greedy text, past
-    block_size too (the context is cropped to the last block_size characters); the result is the prompt
-    followed by max_new_tokens characters; max_new_tokens=0 gives the prompt."""
-    prompt, n = "ab.", 12  # 3 + 12 characters: more than block_size = 8
+    block_size too; the result is the prompt followed by max_new_tokens characters; max_new_tokens=0 gives the
+    prompt; a model in training mode is in training mode afterwards, one in eval mode in eval mode."""
+    # 3 + 40 characters: more than block_size = 8. Long enough that sampling at temperature 1 (a temperature not
+    # passed on) does not give the greedy text by chance: 1.6e-8, 1.2e-9, 1.3e-14, 4.0e-12, 1.5e-5 on seeds 0-4
+    # (the product of the greedy characters' probabilities; with 12 characters it was up to 6.3e-2).
+    prompt, n = "ab.", 40
     call = f"sample(model (block_size 8), tokenizer, {prompt!r}, max_new_tokens={n}, temperature=0)"
 
     def run(fn):
         model = _LibraryGPT(seed)
-        with torch.random.fork_rng(devices=[]):
-            return {"greedy": fn(model, _Tok(), prompt, n, temperature=0), "none": fn(model, _Tok(), prompt, 0)}
+        with torch.random.fork_rng(devices=[]), _trusted_sampling(fn):
+            model.train()
+            greedy = fn(model, _Tok(), prompt, n, temperature=0)
+            after_train = model.training
+            model.eval()
+            none = fn(model, _Tok(), prompt, 0)
+            return {"greedy": greedy, "none": none, "after_train": after_train, "after_eval": model.training}
 
-    out = learner_call(call, lambda: run(live(sample)))
+    out = learner_call(call, lambda: run(live(sample)), call=f"{call} {_USED_GENERATE}")
     _expect_dict(out, call)
     text = _text(out["greedy"], call)
     if len(text) != len(prompt) + n:
@@ -883,12 +1034,19 @@ def check_sample(sample, seed=0):
     expected = _Tok().decode(_greedy(_LibraryGPT(seed), _Tok().encode(prompt), n))
     if text != expected:
         i = next(i for i, (a, b) in enumerate(zip(text, expected)) if a != b)
-        hint = (" (from there on the context is longer than block_size: feed the model only the last block_size "
-                "characters)" if i >= 8 else "")
+        hint = (" (from there on the context is longer than block_size: generate crops it; feed the model only the "
+                "last block_size characters if you wrote your own loop)" if i >= 8 else "")
         raise AssertionError(f"{call}: character {i} is {text[i]!r}, greedy decoding of the same model gives "
-                             f"{expected[i]!r}: take the argmax of the last position's logits{hint}")
+                             f"{expected[i]!r}: encode the prompt, pass max_new_tokens and temperature on to "
+                             f"generate, and decode the whole row{hint} {_USED_GENERATE}")
     if _text(out["none"], f"sample(..., {prompt!r}, max_new_tokens=0)") != prompt:
         raise AssertionError(f"sample(..., {prompt!r}, max_new_tokens=0) returned {out['none']!r}, expected the prompt")
+    if out["after_train"] is not True:
+        raise AssertionError(f"{call} on a model in training mode left it in eval mode: generate switches the model to "
+                             "eval(); put it back with model.train(mode_before) (module 07's generate does not)")
+    if out["after_eval"] is not False:
+        raise AssertionError("sample(...) on a model in eval mode left it in training mode: restore the mode it was "
+                             "in (model.train(model_was_training)), do not always call model.train()")
 
 
 SAMPLE_DRAWS = 600
@@ -916,7 +1074,7 @@ def check_sample_seeded(sample, seed=0):
 
     def run(fn):
         model, tok = _LibraryGPT(seed + 1), _Tok()
-        with torch.random.fork_rng(devices=[]):
+        with torch.random.fork_rng(devices=[]), _trusted_sampling(fn):
             long = [fn(model, tok, prompt, 20, temperature=1.0, generator=torch.Generator().manual_seed(s))
                     for s in (seed, seed, seed + 1)]
             torch.manual_seed(0)
@@ -924,16 +1082,16 @@ def check_sample_seeded(sample, seed=0):
                     for s in range(SAMPLE_DRAWS)]
         return {"long": long, "ones": ones}
 
-    out = learner_call(call, lambda: run(live(sample)))
+    out = learner_call(call, lambda: run(live(sample)), call=f"{call} {_USED_GENERATE}")
     if not isinstance(out, dict) or not isinstance(out.get("long"), list) or not isinstance(out.get("ones"), list):
         raise AssertionError(f"{call}: the check could not read your results")
     a, b, c = (_text(t, call) for t in out["long"][:3])
     if a != b:
         raise AssertionError(f"{call}: two calls with generators seeded alike gave different texts ({a!r} vs {b!r}): "
-                             "draw with torch.multinomial(probs, 1, generator=generator)")
+                             "pass generator=generator on to generate")
     if a == c:
         raise AssertionError(f"{call}: generators with different seeds gave the same 20 characters {a!r}: sample, do "
-                             "not take the argmax, when temperature > 0")
+                             "not take the argmax, when temperature > 0 (pass temperature on to generate)")
     ones = [_text(t, call) for t in out["ones"][:SAMPLE_DRAWS]]
     if len(ones) != SAMPLE_DRAWS or not all(len(t) == len(prompt) + 1 and t.startswith(prompt) for t in ones):
         raise AssertionError(f"{call}: with max_new_tokens=1, expected the prompt and one character every time")
@@ -944,12 +1102,107 @@ def check_sample_seeded(sample, seed=0):
     banned = [(_CHARS[i], int(counts[i])) for i in range(len(_CHARS)) if probs[i] == 0 and counts[i] > 0]
     if banned:
         raise AssertionError(f"{call}: characters that temperature/top-k/top-p filter out were sampled {banned}: "
-                             "divide the logits by the temperature and apply top-k and top-p to the logits, before the softmax")
+                             f"pass temperature, top_k and top_p on to generate, each under its own name {_USED_GENERATE}")
     tv = 0.5 * (counts / SAMPLE_DRAWS - probs).abs().sum().item()
     # Calibration (2026-12-03): the reference's 600 draws are 0.005, 0.005, 0.046, 0.006, 0.016 (seeds 0-4) in total
     # variation from the library's probabilities. A coarse check (sampling noise): temperature 1.0 instead of 0.7
     # is 0.03-0.13 away on those seeds, so only its worst cases fail here; a filter applied wrongly fails above.
     if tv > 0.10:
         raise AssertionError(f"{call}: the sampled characters do not follow the model's distribution after the "
-                             f"filters (total variation {tv:.3f} from the library's probabilities): divide the logits by "
-                             "the temperature, then top-k, then top-p, then softmax")
+                             f"filters (total variation {tv:.3f} from the library's probabilities): pass temperature, "
+                             f"top_k and top_p on to generate {_USED_GENERATE}")
+
+
+# ------------------------------------------------------------------------------------ export_to_gpt2
+_EXPORT = dict(vocab_size=13, block_size=11, n_layer=2, n_head=3, n_embd=12)  # hs = 4; c_proj (12, 12) is square
+
+
+def _container_gpt(seed: int) -> nn.Module:
+    """A model with module 07's names, layout and config, built from torch containers (not the learner's GPT):
+    transformer.wte / wpe / h.{i}.(ln_1, attn.c_attn, attn.c_proj, ln_2, mlp.c_fc, mlp.c_proj) / ln_f, lm_head tied
+    to wte, nn.Linear weights (out, in). Random weights from `seed`, large enough for peaked, position-dependent
+    logits; LayerNorm weights and every bias random too (a skipped copy shows)."""
+    c = SimpleNamespace(**_EXPORT, dropout=0.0, bias=True)
+    C = c.n_embd
+
+    def block():
+        return nn.ModuleDict(dict(ln_1=nn.LayerNorm(C), ln_2=nn.LayerNorm(C),
+                                  attn=nn.ModuleDict(dict(c_attn=nn.Linear(C, 3 * C), c_proj=nn.Linear(C, C))),
+                                  mlp=nn.ModuleDict(dict(c_fc=nn.Linear(C, 4 * C), c_proj=nn.Linear(4 * C, C)))))
+
+    model = nn.Module()
+    model.config = c
+    model.transformer = nn.ModuleDict(dict(wte=nn.Embedding(c.vocab_size, C), wpe=nn.Embedding(c.block_size, C),
+                                           h=nn.ModuleList(block() for _ in range(c.n_layer)), ln_f=nn.LayerNorm(C)))
+    model.lm_head = nn.Linear(C, c.vocab_size, bias=False)
+    model.lm_head.weight = model.transformer.wte.weight  # tied, as module 07's GPT
+    g = generator(70_000 + seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight")):
+                p.copy_(1.0 + 0.2 * torch.randn(p.shape, generator=g))
+            else:
+                p.copy_((0.5 if p.dim() >= 2 else 0.1) * torch.randn(p.shape, generator=g))
+    return model.eval()
+
+
+def _export_ids(seed: int) -> torch.Tensor:
+    return torch.randint(0, _EXPORT["vocab_size"], (3, _EXPORT["block_size"]), generator=generator(71_000 + seed))
+
+
+@trusted_check(points=3)
+def check_export_to_gpt2(export_to_gpt2, seed=0):
+    """On a model with module 07's names built by the check (not your GPT): the result is a GPT2LMHeadModel whose
+    config has n_positions = block_size and the model's sizes, whose lm_head is its wte (tied), and whose logits on
+    full-length windows equal GPT2LMHeadModel's with the same weights, also after save_pretrained and
+    from_pretrained."""
+    call = (f"export_to_gpt2(model with module 07's names: vocab {_EXPORT['vocab_size']}, block_size "
+            f"{_EXPORT['block_size']}, {_EXPORT['n_layer']} layers, {_EXPORT['n_head']} heads, width {_EXPORT['n_embd']})")
+    ids = _export_ids(seed)
+
+    def run(fn):
+        from transformers import GPT2LMHeadModel
+
+        model = _container_gpt(seed)
+        with torch.random.fork_rng(devices=[]):
+            hf = fn(model)
+        out = {"type": type(hf).__name__, "is_gpt2": isinstance(hf, GPT2LMHeadModel)}
+        if not out["is_gpt2"]:
+            return out
+        cfg = hf.config
+        out["config"] = {k: getattr(cfg, k, None) for k in ("n_positions", "vocab_size", "n_embd", "n_layer", "n_head")}
+        out["tied"] = hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr()
+        hf.eval()
+        with torch.no_grad():
+            out["logits"] = hf(ids).logits
+        with tempfile.TemporaryDirectory() as tmp:
+            hf.save_pretrained(tmp)
+            with torch.no_grad():
+                out["reloaded"] = GPT2LMHeadModel.from_pretrained(tmp).eval()(ids).logits
+        return out
+
+    out = learner_call(call, lambda: run(live(export_to_gpt2)))
+    _expect_dict(out, call)
+    if out.get("is_gpt2") is not True:
+        raise AssertionError(f"{call} returned a {out.get('type')!r}, expected transformers' GPT2LMHeadModel")
+    want = {"n_positions": _EXPORT["block_size"], "vocab_size": _EXPORT["vocab_size"], "n_embd": _EXPORT["n_embd"],
+            "n_layer": _EXPORT["n_layer"], "n_head": _EXPORT["n_head"]}
+    got = out.get("config") if isinstance(out.get("config"), dict) else {}
+    wrong = {k: got.get(k) for k, v in want.items() if got.get(k) != v}
+    if wrong:
+        raise AssertionError(f"{call}: the GPT2Config has {wrong}, expected {({k: want[k] for k in wrong})}: build it "
+                             "from model.config (n_positions is block_size, the number of learned positions)")
+    if out.get("tied") is not True:
+        raise AssertionError(f"{call}: the exported lm_head.weight is not the same tensor as transformer.wte.weight: "
+                             "GPT2LMHeadModel ties them (one (V, C) matrix reads and writes tokens); copy wte into it "
+                             "and leave lm_head as GPT2LMHeadModel made it")
+    reference = _container_gpt(seed)
+    with torch.no_grad():
+        expected = gpt2_from_gpt(reference.state_dict(), _EXPORT["n_head"])(ids).logits  # (3, block_size, V)
+    hint = ("module 07's nn.Linear weights are (out, in), GPT-2's Conv1D weights (in, out): transpose attn.c_attn, "
+            "attn.c_proj, mlp.c_fc and mlp.c_proj (c_proj of the attention is square, so a missing transpose does not "
+            "raise); copy every other tensor as it is")
+    assert_close(out["logits"], expected, f"{call}: the exported model's logits on windows of block_size tokens",
+                 atol=1e-4, rtol=1e-4, hint=hint)
+    assert_close(out["reloaded"], expected, f"{call}: the logits after save_pretrained and from_pretrained",
+                 atol=1e-4, rtol=1e-4, hint="what the folder holds must be the model: keep lm_head tied to wte")

@@ -1,5 +1,5 @@
 """Known bugs for module 09 (the Mini-GPT capstone): the mistakes people make when they turn a notebook loop
-into a program that checkpoints, resumes and runs on several processes.
+into a program that checkpoints, resumes and runs on several processes, and when they export it to Hugging Face.
 
 Every mutant is the reference's solution cell with one line changed (`edit_mutant`): the cell is read from the
 instructor notebook, so a mutant follows the notebook and fails loudly if its line is no longer there.
@@ -81,14 +81,31 @@ edit_mutant("train", "no zero_grad: every step's gradients add up", MUTANTS, nam
             old="optimizer.zero_grad(set_to_none=True)", new="pass")
 
 # --------------------------------------------------------------------------------------------- sample
-edit_mutant("sample", "the context is not cropped to block_size: the model is fed more positions than it has",
-            MUTANTS, name="sample_no_crop", old="model(idx[:, -model.config.block_size:])", new="model(idx)")
 edit_mutant("sample", "returns only the generated characters, not the prompt and them", MUTANTS,
-            name="sample_drops_prompt", old="return tokenizer.decode(idx[0].tolist())",
-            new="return tokenizer.decode(idx[0, len(prompt):].tolist())")
-edit_mutant("sample", "draws from the global RNG: the generator's seed does not make a sample reproducible", MUTANTS,
-            name="sample_global_rng", old="torch.multinomial(probs, 1, generator=generator)",
-            new="torch.multinomial(probs, 1)")
-edit_mutant("sample", "the logits multiplied by the temperature instead of divided", MUTANTS,
-            name="sample_temperature_inverted", old="apply_sampling_filters(logits, temperature, top_k, top_p)",
-            new="apply_sampling_filters(logits, 1 / temperature, top_k, top_p)")
+            name="sample_drops_prompt", old="return tokenizer.decode(out[0].tolist())",
+            new="return tokenizer.decode(out[0, len(prompt):].tolist())")
+edit_mutant("sample", "the generator is not passed on to generate: it draws from the global RNG, a seed does not make "
+            "a sample reproducible", MUTANTS, name="sample_generator_not_passed",
+            old="top_p=top_p,\n                       generator=generator)", new="top_p=top_p)")
+edit_mutant("sample", "the temperature is not passed on to generate: temperature 0 (greedy) samples at 1.0", MUTANTS,
+            name="sample_temperature_not_passed", old="temperature=temperature, top_k=top_k", new="top_k=top_k")
+edit_mutant("sample", "the mode is not restored: generate leaves a model that was training in eval mode", MUTANTS,
+            name="sample_mode_not_restored", old="model.train(mode_before)", new="pass")
+edit_mutant("sample", "always back to training mode afterwards: a model in eval mode comes back in training mode",
+            MUTANTS, name="sample_always_train", old="model.train(mode_before)", new="model.train()")
+
+# ------------------------------------------------------------------------------------- export_to_gpt2
+edit_mutant("export_to_gpt2", "the attention's square c_proj not transposed: no shape error, wrong logits", MUTANTS,
+            name="export_c_proj_not_transposed",
+            old='conv1d = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")',
+            new='conv1d = ("attn.c_attn.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")')
+edit_mutant("export_to_gpt2", "n_positions left at GPT2Config's default (1024) instead of block_size", MUTANTS,
+            name="export_default_n_positions", old="n_positions=c.block_size, ", new="")
+edit_mutant("export_to_gpt2", "lm_head given a copy of its own: the tie to wte is broken (same logits today)", MUTANTS,
+            name="export_untied_lm_head", old="continue  # tied to wte in both models: copied with it",
+            new="hf.lm_head.weight = torch.nn.Parameter(w.clone())\n                continue")
+edit_mutant("export_to_gpt2", "every matrix transposed, the embeddings too", MUTANTS, name="export_transposes_all",
+            old="w.t() if name.endswith(conv1d) else w", new="w.t() if w.dim() == 2 else w")
+edit_mutant("export_to_gpt2", "tie_word_embeddings=False and lm_head skipped: the output layer keeps its random "
+            "weights", MUTANTS, name="export_lm_head_left_random", old="bos_token_id=None, eos_token_id=None)",
+            new="bos_token_id=None, eos_token_id=None, tie_word_embeddings=False)")
