@@ -1,4 +1,4 @@
-"""Module 07's helpers (deepdive.decoders) and its GPT-2 weight copy (deepdive.oracles.gpt2_from_gpt): the
+"""Module 07's helpers (deepdive.decoders) and its GPT-2 weight copy (grader.checks._gpt2.gpt2_from_gpt): the
 oracle of every GPT check depends on the mapping, the training check on the batcher."""
 
 import torch
@@ -12,7 +12,7 @@ from deepdive.decoders import (
     shakespeare_chars,
     tensor_bytes,
 )
-from deepdive.oracles import gpt2_from_gpt, gpt_state_from_gpt2
+from grader.checks._gpt2 import gpt2_from_gpt, gpt_state_from_gpt2
 
 
 def _random_gpt2(seed=0, n_layer=2, n_head=2, n_embd=12, vocab=17, n_positions=10):
