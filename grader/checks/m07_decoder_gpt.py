@@ -370,6 +370,20 @@ _ATTN_CONFIGS = (_Config(block_size=16, vocab_size=0, n_layer=1, n_head=2, n_emb
 _CHUNKS = ((5, 1), (3, 2), (4, 3), (6, 3))  # (T_past, T): T new tokens after T_past cached ones
 
 
+def _cached_runs(kind: str, layout, seed):
+    """The cache checks' set-up for GPT-2's attention or block ("attention" / "block"): random weights in
+    `layout(cfg)`, x (2, 9, C), the library's output and (k, v) over the whole sequence, and one run per chunk
+    of _CHUNKS: the module called on the chunk's new tokens with past = the library's (k, v) of the tokens
+    before it. Returns (cfg, weights, full, runs, nh, hs)."""
+    g = generator(seed)
+    cfg = _ATTN_CONFIGS[0]
+    weights = _random_weights(g, layout(cfg))
+    x = torch.randn(2, 9, cfg.n_embd, generator=g)  # (B, T_all, C)
+    full = _gpt2_full(kind, weights, cfg, x)  # (y, k, v) over all 9 tokens
+    runs = tuple(lambda m, p=p, t=t: m(x[:, p:p + t], past=(full[1][:, :, :p], full[2][:, :, :p])) for p, t in _CHUNKS)
+    return cfg, weights, full, runs, cfg.n_head, cfg.n_embd // cfg.n_head
+
+
 # ----------------------------------------------------------------------------- CausalSelfAttention
 def _attn_call(cfg):
     return f"CausalSelfAttention(config with n_embd={cfg.n_embd}, n_head={cfg.n_head})"
@@ -465,13 +479,7 @@ def check_CausalSelfAttention_kv_cache(CausalSelfAttention, seed=0):
     GPT2Attention's own keys and values of the earlier tokens: y equals those rows of GPT2Attention's causal
     output on the whole sequence (the mask aligned to the end), and the returned k, v (B, nh, T_past + T, hs)
     equal GPT2Attention's cache."""
-    g = generator(seed)
-    cfg = _ATTN_CONFIGS[0]
-    weights = _random_weights(g, _attn_layout(cfg))
-    B, T_all, nh, hs = 2, 9, cfg.n_head, cfg.n_embd // cfg.n_head
-    x = torch.randn(B, T_all, cfg.n_embd, generator=g)
-    full = _gpt2_full("attention", weights, cfg, x)
-    runs = tuple(lambda m, p=p, t=t: m(x[:, p:p + t], past=(full[1][:, :, :p], full[2][:, :, :p])) for p, t in _CHUNKS)
+    cfg, weights, full, runs, nh, hs = _cached_runs("attention", _attn_layout, seed)
     call = _attn_call(cfg)
     _, outs = _learner_module(CausalSelfAttention, seed, cfg, weights, runs, call, _attn_layout(cfg),
                               "CausalSelfAttention")
@@ -520,13 +528,7 @@ def check_Block_kv_cache(Block, seed=0):
     """With a cache (T new tokens after T_past cached ones, past = the library's keys and values): the output
     equals those rows of GPT2Block's causal forward over the whole sequence, and the returned (k, v) hold
     T_past + T positions: past is passed on to the attention."""
-    g = generator(seed)
-    cfg = _ATTN_CONFIGS[0]
-    weights = _random_weights(g, _block_layout(cfg))
-    B, T_all, nh, hs = 2, 9, cfg.n_head, cfg.n_embd // cfg.n_head
-    x = torch.randn(B, T_all, cfg.n_embd, generator=g)
-    full = _gpt2_full("block", weights, cfg, x)
-    runs = tuple(lambda m, p=p, t=t: m(x[:, p:p + t], past=(full[1][:, :, :p], full[2][:, :, :p])) for p, t in _CHUNKS)
+    cfg, weights, full, runs, nh, hs = _cached_runs("block", _block_layout, seed)
     outs = _learner_block(Block, seed, cfg, weights, runs)
     try:
         _check_chunks(outs, full, lambda p, t: f"{_block_call(cfg)}(x of {t} new tokens, past = (k, v) of {p} cached "
