@@ -42,7 +42,7 @@ c.Autograde.autograde_preprocessors = [
     "nbgrader.preprocessors.AssignLatePenalties",
     "nbgrader.preprocessors.CheckCellMetadata",
 ]
-c.CapOutputBytes.max_bytes = 100_000
+c.CapOutputBytes.max_bytes = 500_000
 
 # A feedback page goes to the learner: the rubric cells that grading puts under each hand-graded
 # answer cell of the executed notebook (for the grader, grader/manual.py) stay out of it.

@@ -5,6 +5,7 @@ import os
 from datetime import datetime
 from pathlib import Path
 
+import nbformat
 from nbgrader.preprocessors import NbGraderPreprocessor
 from traitlets import Integer
 
@@ -28,10 +29,12 @@ class StderrAsText(NbGraderPreprocessor):
 
 
 class CapOutputBytes(NbGraderPreprocessor):
-    """Cap the bytes each cell keeps in its outputs (a 50 MB print must not make a 50 MB
-    notebook and feedback page). Text is cut with a note; large rich outputs are dropped."""
+    """Cap the bytes each cell keeps in its outputs (a 50 MB print must not make a 50 MB notebook and
+    feedback page). The cap is far above what a course cell prints (its largest reference cells, a few
+    plots, hold about 100 KB), so plots and numbers reach the feedback page. Past it, text is cut and a
+    rich output (an image, HTML) is replaced by a line that says what was dropped."""
 
-    max_bytes = Integer(100_000, help="Bytes of output kept per cell").tag(config=True)
+    max_bytes = Integer(500_000, help="Bytes of output kept per cell").tag(config=True)
 
     def preprocess_cell(self, cell, resources, cell_index):
         if cell.cell_type != "code":
@@ -44,14 +47,18 @@ class CapOutputBytes(NbGraderPreprocessor):
                 kept.append(output)
                 budget -= size
                 continue
+            note = (f"this output is {size:,} bytes and the grader keeps {self.max_bytes:,} bytes of output per "
+                    "cell")
             if output.output_type == "stream":
-                output.text = output.text[: max(budget, 0)] + (
-                    f"\n... [output truncated by the grader: {size:,} bytes, {self.max_bytes:,} kept per cell]\n"
-                )
+                output.text = output.text[: max(budget, 0)] + f"\n... [output truncated by the grader: {note}]\n"
                 kept.append(output)
             elif output.output_type == "error":
                 output.traceback = output.traceback[-3:]
                 kept.append(output)
+            else:
+                kinds = ", ".join(sorted(output.get("data", {}))) or output.output_type
+                kept.append(nbformat.v4.new_output("stream", name="stdout",
+                                                   text=f"... [{kinds} output dropped by the grader: {note}]\n"))
             budget = 0
         cell.outputs = kept
         return cell, resources

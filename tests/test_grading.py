@@ -148,6 +148,18 @@ def test_outputs_feedback_and_plot(reference_and_stubs):
     assert list(read_csv(out / "grades.csv")[0]) == GRADE_COLUMNS
 
 
+
+def test_every_plot_and_number_of_the_reference_reaches_its_feedback(reference_and_stubs):
+    """The per-cell output cap (grader.preprocessors.CapOutputBytes) is for a 50 MB print, not for a course
+    cell: at 100 KB it dropped the plots of modules 03-06 and 08 and the numbers printed after them."""
+    base, _, _ = reference_and_stubs
+    for aid in assignment_ids():
+        nb = nbformat.read(base / "out" / "autograded" / "reference" / aid / f"{aid}.ipynb", as_version=4)
+        capped = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and "by the grader" in json.dumps(c.outputs)]
+        assert not capped, f"{aid}: the grader cut the outputs of cells {capped}: raise CapOutputBytes.max_bytes"
+        images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+        assert images > 0, f"{aid}: no plot reached the graded notebook"
+
 def test_hand_grades_reach_every_output(reference_and_stubs, tmp_path):
     """`make grades` after hand-grading (issue 30): what a grader enters in the formgrader (here written to the
     gradebook the way the formgrader writes it: manual_score, needs_manual_grade off, manual_comment; the real
