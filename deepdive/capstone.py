@@ -29,6 +29,7 @@ schedule, your module 09 exercises). Run `python minigpt.py --help`.
 """
 
 import argparse
+import contextlib
 import json
 import math
 import os

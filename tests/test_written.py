@@ -31,7 +31,7 @@ from grader.submission import repair
 WRITTEN = {
     "04_positional_encoding": {"positions_report_answer": 3},
     "08_training_recipes": {"benchmark_note_answer": 4},
-    "09_mini_gpt_capstone": {"capstone_report_answer": 4},
+    "09_mini_gpt_capstone": {"capstone_report_answer": 4, "ablation_report_answer": 3},
     "11_finetune_gpt2_t5": {"architecture_map_answer": 2, "paper_summary_answer": 3},
 }
 

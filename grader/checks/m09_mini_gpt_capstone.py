@@ -816,6 +816,158 @@ def check_train_ddp(train, seed=0):
         assert_close(ddp["model"].get(name), t, f"{call}: weight {name!r} after the steps", atol=1e-5, rtol=1e-4)
 
 
+ACCUM = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=8, max_iters=2, warmup_iters=1, lr=1e-2,
+             min_lr=1e-3, grad_clip=0.0, dropout=0.0, eval_interval=1000, eval_windows=8, ckpt_interval=1000)
+ACCUM_STEPS = 3  # 3 micro-batches of 8 rows against one batch of 24
+
+
+def _trusted_get_batch(data, batch_size, block_size, generator):
+    """The documented get_batch (batch_size starts drawn at once from the generator, windows of block_size + 1):
+    draws of 8 and 8 rows give the same starts as one draw of 16 (torch.randint on the CPU draws in order), so
+    micro-batches and one large batch see the same windows whatever the learner's get_batch draws."""
+    starts = torch.randint(0, len(data) - block_size, (batch_size,), generator=generator)  # (B,)
+    windows = data[starts[:, None] + torch.arange(block_size + 1)]  # (B, T + 1)
+    return windows[:, :-1], windows[:, 1:]
+
+
+def _accumulation_runs(fn, seed):
+    cfg = _config(fn, **dict(ACCUM, seed=seed))
+    runs = {"micro": dataclasses.replace(cfg, grad_accum_steps=ACCUM_STEPS),
+            "one batch": dataclasses.replace(cfg, batch_size=ACCUM_STEPS * cfg.batch_size)}
+    train_ids, val_ids = _train_data()
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp, _library_gpt(fn), \
+            swapped_globals_of(fn, {"get_batch": _trusted_get_batch}):
+        for name, run_cfg in runs.items():
+            with torch.random.fork_rng(devices=[]):
+                history = fn(run_cfg, train_ids, val_ids, Path(tmp) / name.replace(" ", "_"), log=_quiet)
+            out[name] = {"history": history, "ckpt": _ckpt_tensors(Path(tmp) / name.replace(" ", "_") / "ckpt.pt")}
+    return out
+
+
+@trusted_check(points=2)
+def check_train_accumulation(train, seed=0):
+    """grad_accum_steps=3 with batch_size 8 takes the same 2 steps as one batch of 24 (grad_accum_steps=1): the
+    same AdamW moments and weights afterwards, and a history loss per step that is the mean over its
+    micro-batches (the check's get_batch in place of the learner's, so both runs see the same windows)."""
+    call = (f"train(TrainConfig(batch_size=8, grad_accum_steps={ACCUM_STEPS}, max_iters=2, grad_clip=0, ...)) vs "
+            f"train(TrainConfig(batch_size=24, grad_accum_steps=1, ...)) ({_USED_LIBRARY}, and the documented "
+            "get_batch in place of yours)")
+    out = learner_call(call, lambda: _accumulation_runs(live(train), seed))
+    if not isinstance(out, dict) or not all(isinstance(out.get(k), dict) for k in ("micro", "one batch")):
+        raise AssertionError(f"{call}: the check could not read the two runs")
+    micro, whole = out["micro"], out["one batch"]
+    steps = ACCUM["max_iters"]
+    for name, run in (("accumulated", micro), ("one-batch", whole)):
+        h = _history(run["history"], f"{call}: the {name} run")
+        if h["step"] != list(range(steps)):
+            raise AssertionError(f"{call}: the {name} run's history['step'] is {h['step'][:6]}, expected "
+                                 f"{list(range(steps))}: grad_accum_steps micro-batches make one step")
+        if run["ckpt"].get("step") != steps:
+            raise AssertionError(f"{call}: the {name} run's checkpoint holds step {run['ckpt'].get('step')!r}, "
+                                 f"expected {steps}")
+    for got, want in zip(_numbers(micro["history"]["loss"], "loss"), _numbers(whole["history"]["loss"], "loss")):
+        if abs(got - want) > 1e-4:
+            raise AssertionError(
+                f"{call}: a step's loss is {got:.5f} with {ACCUM_STEPS} micro-batches and {want:.5f} with the one "
+                f"batch: record the mean of the micro-batches' losses (their sum is {ACCUM_STEPS}x too large)")
+    for key, t in whole["ckpt"]["optimizer"].items():
+        if not key.endswith("exp_avg"):
+            continue
+        got = micro["ckpt"]["optimizer"].get(key)
+        if isinstance(got, torch.Tensor) and got.shape == t.shape and t.abs().max() > 1e-6 and \
+                torch.allclose(got, ACCUM_STEPS * t, rtol=1e-3, atol=1e-8):
+            raise AssertionError(f"{call}: AdamW's first moment is {ACCUM_STEPS}x the one-batch value: the "
+                                 "micro-batches' gradients were summed; divide each micro-batch's loss by "
+                                 "grad_accum_steps so the step's gradient is their mean")
+        assert_close(got, t, f"{call}: AdamW's first moment of parameter {key.split('.')[0]}", atol=1e-7, rtol=1e-4,
+                     hint="every micro-batch draws its own global batch from the generator, its gradients add up "
+                     "(zero them once per step, before the first micro-batch) and the optimizer steps once, after "
+                     "the last")
+    for name, t in whole["ckpt"]["model"].items():
+        assert_close(micro["ckpt"]["model"].get(name), t, f"{call}: weight {name!r} after the steps", atol=1e-5,
+                     rtol=1e-4)
+
+
+AMP = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=8, max_iters=2, warmup_iters=1, lr=1e-2,
+           min_lr=1e-3, beta1=0.9, grad_clip=0.0, dropout=0.0, eval_interval=1000, eval_windows=8, ckpt_interval=1000)
+TINY_CLIP = 1e-3  # every gradient norm of the float16 run is far above it, so the step's gradient is clipped to it
+
+
+class _RecordingTrainGPT(_LibraryTrainGPT):
+    """The library model of the train checks, recording for every forward in training mode whether it ran under
+    CPU autocast and in which type."""
+
+    seen: list = []
+
+    def forward(self, idx, targets=None, past_key_values=None, use_cache=False):
+        if self.training:
+            _RecordingTrainGPT.seen.append((torch.is_autocast_enabled("cpu"), str(torch.get_autocast_dtype("cpu"))))
+        return super().forward(idx, targets, past_key_values, use_cache)
+
+
+def _mixed_precision_runs(fn, seed):
+    cfg = _config(fn, **dict(AMP, seed=seed))
+    train_ids, val_ids = _train_data()
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp, \
+            swapped_globals_of(fn, {"GPT": _RecordingTrainGPT, "GPTConfig": _LibraryConfig}):
+        for dtype, over in (("bfloat16", {}), ("float16", {"grad_clip": TINY_CLIP, "max_iters": 1})):
+            _RecordingTrainGPT.seen = []
+            with torch.random.fork_rng(devices=[]):
+                history = fn(dataclasses.replace(cfg, dtype=dtype, **over), train_ids, val_ids, Path(tmp) / dtype,
+                             log=_quiet)
+            out[dtype] = {"history": history, "seen": list(_RecordingTrainGPT.seen),
+                          "ckpt": _ckpt_tensors(Path(tmp) / dtype / "ckpt.pt")}
+    return out
+
+
+@trusted_check(points=2)
+def check_train_mixed_precision(train, seed=0):
+    """dtype="bfloat16": every training forward runs under CPU autocast in bfloat16, the checkpoint's weights stay
+    float32; dtype="float16" (GradScaler) with grad_clip=1e-3: one step's AdamW first moment has the norm
+    (1 - beta1) * 1e-3 of a gradient clipped after unscaling (clipped while scaled, it is 65,536x smaller)."""
+    call = (f"train(TrainConfig(dtype='bfloat16' / 'float16', ...)) on the CPU ({_USED_LIBRARY}, recording the "
+            "autocast state of every training forward)")
+    out = learner_call(call, lambda: _mixed_precision_runs(live(train), seed))
+    if not isinstance(out, dict) or not all(isinstance(out.get(k), dict) for k in ("bfloat16", "float16")):
+        raise AssertionError(f"{call}: the check could not read the runs")
+    for dtype, run in out.items():
+        seen = run["seen"]
+        if not seen:
+            raise AssertionError(f"{call}: dtype={dtype!r}: the model never ran a forward in training mode")
+        wrong = [s for s in seen if s != (True, f"torch.{dtype}")]
+        if wrong:
+            enabled, got = wrong[0]
+            raise AssertionError(
+                f"{call}: dtype={dtype!r}: {len(wrong)} of {len(seen)} training forwards ran "
+                + (f"under autocast in {got.removeprefix('torch.')}" if enabled else "without autocast")
+                + f": wrap the forward in torch.autocast(device.type, dtype=torch.{dtype}) when cfg.dtype asks for it")
+        not_float32 = sorted(k for k, v in run["ckpt"]["model"].items() if v.is_floating_point() and v.dtype != torch.float32)
+        if not_float32:
+            raise AssertionError(f"{call}: dtype={dtype!r}: the checkpoint's {not_float32[0]} is "
+                                 f"{run['ckpt']['model'][not_float32[0]].dtype}, expected float32: autocast runs "
+                                 "the operations in the low precision and keeps the weights (and AdamW) in float32; "
+                                 "do not convert the model")
+        losses = _numbers(_history(run["history"], f"{call}: dtype={dtype!r}")["loss"], "loss")
+        if not all(math.isfinite(v) for v in losses):
+            raise AssertionError(f"{call}: dtype={dtype!r}: non-finite losses {losses}")
+    moments = [t for k, t in out["float16"]["ckpt"]["optimizer"].items() if k.endswith("exp_avg")]
+    if not moments:
+        raise AssertionError(f"{call}: dtype='float16': the checkpoint holds no AdamW moments after one step: the "
+                             "optimizer did not step (scaler.step(optimizer) steps it unless the gradients overflowed)")
+    norm = torch.stack([t.float().norm() for t in moments]).norm().item()
+    want = (1 - AMP["beta1"]) * TINY_CLIP
+    if not math.isclose(norm, want, rel_tol=1e-2):
+        hint = (" (65,536 = GradScaler's initial scale smaller: the gradients were clipped while still scaled; call "
+                "scaler.unscale_(optimizer) before clip_grad_norm_)" if norm < want / 1000 else
+                ": clip the gradients' total norm to cfg.grad_clip after scaler.unscale_(optimizer), before "
+                "scaler.step(optimizer)")
+        raise AssertionError(f"{call}: dtype='float16', grad_clip={TINY_CLIP:g}: after one step AdamW's first moment "
+                             f"has norm {norm:.3g}, a gradient clipped to {TINY_CLIP:g} gives (1 - beta1) x "
+                             f"{TINY_CLIP:g} = {want:.3g}" + hint)
+
+
 TRAINED = dict(n_layer=2, n_head=4, n_embd=64, block_size=32, batch_size=32, max_iters=300, warmup_iters=30,
                lr=6e-3, min_lr=6e-4, grad_clip=1.0, dropout=0.0, eval_interval=100_000, eval_windows=8,
                ckpt_interval=100_000)

@@ -76,7 +76,29 @@ edit_mutant("train", "each process seeds its generator with seed + rank (nanoGPT
             MUTANTS, name="train_ddp_seed_per_rank", old="generator = torch.Generator().manual_seed(cfg.seed)",
             new="generator = torch.Generator().manual_seed(cfg.seed + rank)")
 edit_mutant("train", "the loss scaled by the number of processes: the gradients are summed, not averaged", MUTANTS,
-            name="train_ddp_summed", old="loss.backward()  #", new="(loss * world_size).backward()  #")
+            name="train_ddp_summed", old="scaler.scale(loss).backward()  #", new="scaler.scale(loss * world_size).backward()  #")
+edit_mutant("train", "grad_accum_steps ignored: one micro-batch per step", MUTANTS, name="train_accum_ignored",
+            old="for micro in range(cfg.grad_accum_steps):", new="for micro in range(1):")
+edit_mutant("train", "the micro-batches' losses not divided by grad_accum_steps: their gradients are summed", MUTANTS,
+            name="train_accum_summed", old="loss = loss / cfg.grad_accum_steps", new="pass")
+edit_mutant("train", "zero_grad inside the micro-batch loop: only the last micro-batch's gradient is used", MUTANTS,
+            name="train_accum_zero_grad_per_micro", old="            x, y = get_batch(train_data, world_size",
+            new="            optimizer.zero_grad(set_to_none=True)\n            x, y = get_batch(train_data, world_size")
+edit_mutant("train", "one draw for all micro-batches: the same windows grad_accum_steps times", MUTANTS,
+            name="train_accum_one_draw", old="        for micro in range(cfg.grad_accum_steps):\n            x, y = get_batch(train_data, world_size * cfg.batch_size, cfg.block_size, generator)",
+            new="        x, y = get_batch(train_data, world_size * cfg.batch_size, cfg.block_size, generator)\n        for micro in range(cfg.grad_accum_steps):")
+edit_mutant("train", "the optimizer steps after every micro-batch: grad_accum_steps steps of the small batch", MUTANTS,
+            name="train_accum_step_per_micro", old="            step_loss += loss.item()",
+            new="            step_loss += loss.item()\n            optimizer.step()")
+edit_mutant("train", "cfg.dtype ignored: float32 always", MUTANTS, name="train_amp_ignored",
+            old="enabled=amp_dtype is not None):", new="enabled=False):")
+edit_mutant("train", "autocast always in bfloat16, whatever cfg.dtype asks", MUTANTS, name="train_amp_always_bf16",
+            old="with torch.autocast(device.type, dtype=amp_dtype,", new="with torch.autocast(device.type, dtype=torch.bfloat16,")
+edit_mutant("train", "the model converted to the low precision instead of autocast", MUTANTS, name="train_amp_model_cast",
+            old="                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):",
+            new="                if amp_dtype is not None:\n                    model.to(amp_dtype)\n                with contextlib.nullcontext():")
+edit_mutant("train", "float16: the gradients clipped while scaled (no unscale_ before clip_grad_norm_)", MUTANTS,
+            name="train_amp_clip_scaled", old="scaler.unscale_(optimizer)  #", new="pass  #")
 edit_mutant("train", "no zero_grad: every step's gradients add up", MUTANTS, name="train_no_zero_grad",
             old="optimizer.zero_grad(set_to_none=True)", new="pass")
 
