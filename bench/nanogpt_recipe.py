@@ -3,11 +3,18 @@ trained by the capstone's own program (`minigpt.py`, written from the instructor
 Shakespeare split, one after the other on this machine.
 
     PYTHONPATH=. .venv/bin/python bench/nanogpt_recipe.py [--steps-between-evals 50] [--ablations]
+    PYTHONPATH=. .venv/bin/python bench/nanogpt_recipe.py --seeds 5 [--target 0.25]
 
 Prints L* (the validation loss, nats per character on the course's held-out plays, that the baseline ends at),
 the seconds of training (evaluation excluded, the same accounting for both) at which each run first reaches L*,
 and their ratio (target: at most 0.5). With --ablations it also runs the baseline with one change of the default
 at a time, to show what each change buys. Nothing is cached: every run trains from scratch.
+
+With --seeds N it runs the baseline and the default on seeds 1337 .. 1337 + N - 1 instead (one after the other,
+alternating); per seed, L* is that seed's baseline final validation loss, and it prints each run's seconds to L*,
+their means and standard deviations, the per-seed ratio default / baseline and whether its mean beats --target by
+more than 3 standard errors (issue 32, item 4: the default counts as reaching L* in <= 0.25x nanoGPT's time only
+then).
 """
 
 import argparse
@@ -66,7 +73,16 @@ def main() -> None:
     parser.add_argument("--steps-between-evals", type=int, default=50)
     parser.add_argument("--eval-windows", type=int, default=256, help="validation windows (of 64 characters) per evaluation")
     parser.add_argument("--ablations", action="store_true", help="also the baseline with each change of the default alone")
+    parser.add_argument("--seeds", type=int, default=0, help="baseline and default on this many seeds (see above)")
+    parser.add_argument("--target", type=float, default=0.25, help="with --seeds: the ratio to beat")
+    parser.add_argument("--save", help="with --seeds: write every run's history to this JSON file")
+    parser.add_argument("--report", help="print the --seeds report of a file written by --save (trains nothing)")
     args = parser.parse_args()
+    if args.report:
+        saved = json.loads(Path(args.report).read_text())
+        return report_over_seeds(saved["seeds"], saved["histories"], args.target)
+    if args.seeds:
+        return over_seeds(args)
 
     ns = reference_namespace(AID)
     default = {f.name: getattr(ns["TrainConfig"](), f.name) for f in fields(ns["TrainConfig"])
@@ -107,6 +123,47 @@ def main() -> None:
     else:
         print("\nthe default never reaches L*")
 
+
+def over_seeds(args) -> None:
+    ns = reference_namespace(AID)
+    default = {f.name: getattr(ns["TrainConfig"](), f.name) for f in fields(ns["TrainConfig"]) if f.name in BASELINE}
+    seeds = [1337 + i for i in range(args.seeds)]
+    histories = {"baseline": [], "default": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        program = write_program(Path(tmp) / "minigpt.py", [ns[n] for n in PROGRAM_PARTS])
+        for seed in seeds:
+            for name, settings in (("baseline", BASELINE), ("default", default)):
+                h = run(program, Path(tmp) / f"{name}{seed}", settings | {"seed": seed}, args.steps_between_evals,
+                        args.eval_windows)
+                histories[name].append(h)
+                print(f"seed {seed} {name:>8}: final val {h['val'][-1][1]:.4f}, {h['seconds'][-1]:.1f} s of training "
+                      f"({1000 * h['seconds'][-1] / len(h['seconds']):.1f} ms/step)", flush=True)
+    if args.save:
+        Path(args.save).write_text(json.dumps({"seeds": seeds, "histories": histories}))
+    report_over_seeds(seeds, histories, args.target)
+
+
+def report_over_seeds(seeds, histories, target) -> None:
+    """Per seed, L* is that seed's baseline final validation loss (the baseline reaches it at its last step, or
+    earlier if it dipped below it before); the default's seconds to it in the run of the same seed."""
+    import statistics
+
+    times = {"baseline": [], "default": []}
+    for i, seed in enumerate(seeds):
+        l_star = histories["baseline"][i]["val"][-1][1]
+        row = []
+        for name in times:
+            hit = first_reaching(histories[name][i], l_star)
+            times[name].append(hit[1] if hit else float("nan"))
+            row.append(f"{name} step {hit[0] if hit else None}, {hit[1] if hit else float('nan'):.1f} s")
+        print(f"seed {seed}: L* = {l_star:.4f}; " + "; ".join(row))
+    for name, ts in times.items():
+        print(f"{name:>8}: {statistics.mean(ts):.1f} ± {statistics.stdev(ts):.1f} s of training to L* (mean ± sd)")
+    ratios = [d / b for d, b in zip(times["default"], times["baseline"])]
+    mean, se = statistics.mean(ratios), statistics.stdev(ratios) / len(ratios) ** 0.5
+    verdict = "beats" if mean + 3 * se < target else "does not beat"
+    print(f"ratio default / baseline per seed {[round(r, 3) for r in ratios]}: mean {mean:.3f}, standard error "
+          f"{se:.3f}; mean + 3 SE = {mean + 3 * se:.3f} {verdict} the target {target}")
 
 if __name__ == "__main__":
     main()
