@@ -785,6 +785,23 @@ def _ddp_runs(fn, seed):
                 "single": _ckpt_tensors(Path(tmp) / "single" / "ckpt.pt")}
 
 
+def _assert_same_step(got: dict, want: dict, factor: int, call: str, summed: str, hint: str) -> None:
+    """Two checkpoints (_ckpt_tensors) that should hold the same steps: AdamW's first moments (which show a
+    gradient `factor` times too large, where Adam's steps hide it) within float32 rounding, with `summed` as the
+    message when they are `factor` times the expected ones, then every weight."""
+    for key, t in want["optimizer"].items():
+        if not key.endswith("exp_avg"):
+            continue
+        got_t = got["optimizer"].get(key)
+        if isinstance(got_t, torch.Tensor) and got_t.shape == t.shape and t.abs().max() > 1e-6 and \
+                torch.allclose(got_t, factor * t, rtol=1e-3, atol=1e-8):
+            raise AssertionError(f"{call}: {summed}")
+        assert_close(got_t, t, f"{call}: AdamW's first moment of parameter {key.split('.')[0]}", atol=1e-7,
+                     rtol=1e-4, hint=hint)
+    for name, t in want["model"].items():
+        assert_close(got["model"].get(name), t, f"{call}: weight {name!r} after the steps", atol=1e-5, rtol=1e-4)
+
+
 @trusted_check(points=3)
 def check_train_ddp(train, seed=0):
     """Two processes (WORLD_SIZE=2, gloo, batch_size 4 each) take the same 2 steps as one process with
@@ -799,21 +816,14 @@ def check_train_ddp(train, seed=0):
     if ddp.get("step") != DDP["max_iters"] or single.get("step") != DDP["max_iters"]:
         raise AssertionError(f"{call}: the checkpoints hold steps {ddp.get('step')!r} and {single.get('step')!r}, "
                              f"expected {DDP['max_iters']} (rank 0 writes out_dir/ckpt.pt at the end)")
-    for key, t in single["optimizer"].items():
-        if key.endswith("exp_avg"):
-            got = ddp["optimizer"].get(key)
-            if isinstance(got, torch.Tensor) and got.shape == t.shape and torch.allclose(got, 2 * t, rtol=1e-3, atol=1e-8) \
-                    and t.abs().max() > 1e-6:
-                raise AssertionError(f"{call}: AdamW's first moment is twice the one-process value: the gradients "
-                                     "were summed over the processes instead of averaged (DDP averages them; do not "
-                                     "scale the loss by the number of processes)")
-            assert_close(got, t, f"{call}: AdamW's first moment of parameter {key.split('.')[0]}", atol=1e-7,
-                         rtol=1e-4, hint="each process must take its own rows [rank*B, (rank+1)*B) of the one global "
-                         "batch drawn from the shared generator, and DDP must average the gradients")
     # The weights after two AdamW steps at lr 1e-2: 0.5-2.1e-7 apart on seeds 0-7 (float32 sums in another order,
     # amplified by Adam's normalisation); a wrong split of the batch moves them by ~lr.
-    for name, t in single["model"].items():
-        assert_close(ddp["model"].get(name), t, f"{call}: weight {name!r} after the steps", atol=1e-5, rtol=1e-4)
+    _assert_same_step(ddp, single, 2, call,
+                      summed="AdamW's first moment is twice the one-process value: the gradients were summed over the "
+                      "processes instead of averaged (DDP averages them; do not scale the loss by the number of "
+                      "processes)",
+                      hint="each process must take its own rows [rank*B, (rank+1)*B) of the one global batch drawn "
+                      "from the shared generator, and DDP must average the gradients")
 
 
 ACCUM = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=8, max_iters=2, warmup_iters=1, lr=1e-2,
@@ -871,22 +881,13 @@ def check_train_accumulation(train, seed=0):
             raise AssertionError(
                 f"{call}: a step's loss is {got:.5f} with {ACCUM_STEPS} micro-batches and {want:.5f} with the one "
                 f"batch: record the mean of the micro-batches' losses (their sum is {ACCUM_STEPS}x too large)")
-    for key, t in whole["ckpt"]["optimizer"].items():
-        if not key.endswith("exp_avg"):
-            continue
-        got = micro["ckpt"]["optimizer"].get(key)
-        if isinstance(got, torch.Tensor) and got.shape == t.shape and t.abs().max() > 1e-6 and \
-                torch.allclose(got, ACCUM_STEPS * t, rtol=1e-3, atol=1e-8):
-            raise AssertionError(f"{call}: AdamW's first moment is {ACCUM_STEPS}x the one-batch value: the "
-                                 "micro-batches' gradients were summed; divide each micro-batch's loss by "
-                                 "grad_accum_steps so the step's gradient is their mean")
-        assert_close(got, t, f"{call}: AdamW's first moment of parameter {key.split('.')[0]}", atol=1e-7, rtol=1e-4,
-                     hint="every micro-batch draws its own global batch from the generator, its gradients add up "
-                     "(zero them once per step, before the first micro-batch) and the optimizer steps once, after "
-                     "the last")
-    for name, t in whole["ckpt"]["model"].items():
-        assert_close(micro["ckpt"]["model"].get(name), t, f"{call}: weight {name!r} after the steps", atol=1e-5,
-                     rtol=1e-4)
+    _assert_same_step(micro["ckpt"], whole["ckpt"], ACCUM_STEPS, call,
+                      summed=f"AdamW's first moment is {ACCUM_STEPS}x the one-batch value: the micro-batches' "
+                      "gradients were summed; divide each micro-batch's loss by grad_accum_steps so the step's "
+                      "gradient is their mean",
+                      hint="every micro-batch draws its own global batch from the generator, its gradients add up "
+                      "(zero them once per step, before the first micro-batch) and the optimizer steps once, after "
+                      "the last")
 
 
 AMP = dict(n_layer=1, n_head=2, n_embd=32, block_size=16, batch_size=8, max_iters=2, warmup_iters=1, lr=1e-2,
