@@ -1,9 +1,9 @@
-"""The capstone's ablations (notebook 09, section 7), over seeds: how much of a difference a one-seed ablation table
+"""The capstone's ablations (notebook 09, section 12), over seeds: how much of a difference a one-seed ablation table
 can show, measured with the program the notebook writes (`minigpt.py`, from the instructor notebook's cells).
 
     PYTHONPATH=. .venv/bin/python bench/capstone_ablations.py [--seeds 5] [--stop-at 501]
 
-Every run is the notebook's: the default recipe (`TrainConfig()`, whose schedule ends at max_iters = 3000) stopped
+Every run is the notebook's: the default recipe (`TrainConfig()`, whose schedule ends at max_iters = 1000) stopped
 after `--stop-at` steps, with one change per ablation, on the course's Shakespeare split; the validation loss at
 steps 250 and 500 (128 fixed windows of the held-out plays, as the notebook) and the milliseconds per step. Prints
 one row per ablation: the mean and standard deviation over the seeds of the loss at steps 250 and 500, of its difference
@@ -26,8 +26,9 @@ from deepdive.capstone import PROGRAM_PARTS, write_program  # noqa: E402
 from grader.reference import reference_namespace  # noqa: E402
 
 AID = "09_mini_gpt_capstone"
-ABLATIONS = {"default": [], "no positions": ["--positions", "false"], "one head": ["--n-head", "1"],
-             "no warmup": ["--warmup-iters", "0"], "nanoGPT's lr 1e-3": ["--lr", "1e-3", "--min-lr", "1e-4"]}
+# "no positions": neither RoPE nor a learned table; "learned positions": GPT-2's wpe in place of RoPE.
+ABLATIONS = {"default": [], "no positions": ["--rope", "false", "--positions", "false"], "one head": ["--n-head", "1"],
+             "learned positions": ["--rope", "false"], "no warmup": ["--warmup-iters", "0"]}
 
 
 def run(program: Path, out_dir: Path, seed: int, stop_at: int, extra: list[str]) -> dict:

@@ -3,7 +3,7 @@ trained by the capstone's own program (`minigpt.py`, written from the instructor
 Shakespeare split, one after the other on this machine.
 
     PYTHONPATH=. .venv/bin/python bench/nanogpt_recipe.py [--steps-between-evals 50] [--ablations]
-    PYTHONPATH=. .venv/bin/python bench/nanogpt_recipe.py --seeds 5 [--target 0.25]
+    PYTHONPATH=. .venv/bin/python bench/nanogpt_recipe.py --seeds 5 [--target 0.25] [--without rope qk_norm ...]
 
 Prints L* (the validation loss, nats per character on the course's held-out plays, that the baseline ends at),
 the seconds of training (evaluation excluded, the same accounting for both) at which each run first reaches L*,
@@ -14,7 +14,8 @@ With --seeds N it runs the baseline and the default on seeds 1337 .. 1337 + N - 
 alternating); per seed, L* is that seed's baseline final validation loss, and it prints each run's seconds to L*,
 their means and standard deviations, the per-seed ratio default / baseline and whether its mean beats --target by
 more than 3 standard errors (issue 32, item 4: the default counts as reaching L* in <= 0.25x nanoGPT's time only
-then).
+then). With --without it also runs, per seed, the default with one of its five modern options (notebook 09,
+section 7) reverted to GPT-2's or nanoGPT's choice: what each option buys, in seconds to the same L*.
 """
 
 import argparse
@@ -38,8 +39,14 @@ AID = "09_mini_gpt_capstone"
 # --block_size=64 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 --max_iters=2000 --lr_decay_iters=2000
 # --dropout=0.0, and from the config: learning_rate 1e-3, min_lr 1e-4, warmup_iters 100, beta2 0.99,
 # weight_decay 0.1, grad_clip 1.0.
+# The architecture is GPT-2's, as nanoGPT's: learned positions, no QK-norm, GELU, GPT-2's initialisation, AdamW.
 BASELINE = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, max_iters=2000, lr=1e-3, min_lr=1e-4,
-                warmup_iters=100, beta2=0.99, weight_decay=0.1, grad_clip=1.0, dropout=0.0)
+                warmup_iters=100, beta2=0.99, weight_decay=0.1, grad_clip=1.0, dropout=0.0, positions=True,
+                rope=False, qk_norm=False, mlp="gelu", zero_init=False, optimizer="adamw")
+# --without: the default with one of its modern options reverted to GPT-2's / nanoGPT's (notebook 09, section 7)
+WITHOUT = {"rope": dict(rope=False), "qk_norm": dict(qk_norm=False), "relu2": dict(mlp="gelu"),
+           "zero_init": dict(zero_init=False), "muon": dict(optimizer="adamw"),
+           "all five": dict(rope=False, qk_norm=False, mlp="gelu", zero_init=False, optimizer="adamw")}
 
 
 def run(program: Path, out_dir: Path, settings: dict, every: int, windows: int) -> dict:
@@ -74,13 +81,19 @@ def main() -> None:
     parser.add_argument("--eval-windows", type=int, default=256, help="validation windows (of 64 characters) per evaluation")
     parser.add_argument("--ablations", action="store_true", help="also the baseline with each change of the default alone")
     parser.add_argument("--seeds", type=int, default=0, help="baseline and default on this many seeds (see above)")
+    parser.add_argument("--first-seed", type=int, default=1337, help="with --seeds: seeds first-seed, first-seed + 1, ...")
     parser.add_argument("--target", type=float, default=0.25, help="with --seeds: the ratio to beat")
     parser.add_argument("--save", help="with --seeds: write every run's history to this JSON file")
-    parser.add_argument("--report", help="print the --seeds report of a file written by --save (trains nothing)")
+    parser.add_argument("--report", nargs="+", help="print the --seeds report of files written by --save, their "
+                        "seeds pooled (trains nothing)")
+    parser.add_argument("--without", nargs="*", default=[], choices=sorted(WITHOUT),
+                        help="with --seeds: also the default without each of these options (what each one buys)")
     args = parser.parse_args()
-    if args.report:
-        saved = json.loads(Path(args.report).read_text())
-        return report_over_seeds(saved["seeds"], saved["histories"], args.target)
+    if args.report:  # several files: their seeds pooled (runs of the same names)
+        saved = [json.loads(Path(f).read_text()) for f in args.report]
+        names = [n for n in saved[0]["histories"] if all(n in s["histories"] for s in saved)]
+        return report_over_seeds([seed for s in saved for seed in s["seeds"]],
+                                 {n: [h for s in saved for h in s["histories"][n]] for n in names}, args.target)
     if args.seeds:
         return over_seeds(args)
 
@@ -127,16 +140,18 @@ def main() -> None:
 def over_seeds(args) -> None:
     ns = reference_namespace(AID)
     default = {f.name: getattr(ns["TrainConfig"](), f.name) for f in fields(ns["TrainConfig"]) if f.name in BASELINE}
-    seeds = [1337 + i for i in range(args.seeds)]
-    histories = {"baseline": [], "default": []}
+    seeds = [args.first_seed + i for i in range(args.seeds)]
+    runs = {"baseline": BASELINE, "default": default}
+    runs.update({f"without {w}": default | WITHOUT[w] for w in args.without})
+    histories = {name: [] for name in runs}
     with tempfile.TemporaryDirectory() as tmp:
         program = write_program(Path(tmp) / "minigpt.py", [ns[n] for n in PROGRAM_PARTS])
         for seed in seeds:
-            for name, settings in (("baseline", BASELINE), ("default", default)):
+            for name, settings in runs.items():
                 h = run(program, Path(tmp) / f"{name}{seed}", settings | {"seed": seed}, args.steps_between_evals,
                         args.eval_windows)
                 histories[name].append(h)
-                print(f"seed {seed} {name:>8}: final val {h['val'][-1][1]:.4f}, {h['seconds'][-1]:.1f} s of training "
+                print(f"seed {seed} {name:>18}: final val {h['val'][-1][1]:.4f}, {h['seconds'][-1]:.1f} s of training "
                       f"({1000 * h['seconds'][-1] / len(h['seconds']):.1f} ms/step)", flush=True)
     if args.save:
         Path(args.save).write_text(json.dumps({"seeds": seeds, "histories": histories}))
@@ -148,7 +163,7 @@ def report_over_seeds(seeds, histories, target) -> None:
     earlier if it dipped below it before); the default's seconds to it in the run of the same seed."""
     import statistics
 
-    times = {"baseline": [], "default": []}
+    times = {name: [] for name in histories}
     for i, seed in enumerate(seeds):
         l_star = histories["baseline"][i]["val"][-1][1]
         row = []
@@ -158,7 +173,12 @@ def report_over_seeds(seeds, histories, target) -> None:
             row.append(f"{name} step {hit[0] if hit else None}, {hit[1] if hit else float('nan'):.1f} s")
         print(f"seed {seed}: L* = {l_star:.4f}; " + "; ".join(row))
     for name, ts in times.items():
-        print(f"{name:>8}: {statistics.mean(ts):.1f} ± {statistics.stdev(ts):.1f} s of training to L* (mean ± sd)")
+        finals = [h["val"][-1][1] for h in histories[name]]
+        targets = [b["val"][-1][1] for b in histories["baseline"]]
+        steps = [(first_reaching(h, t) or (None,))[0] for h, t in zip(histories[name], targets)]
+        print(f"{name:>18}: {statistics.mean(ts):.1f} ± {statistics.stdev(ts):.1f} s of training to L* (mean ± sd; "
+              f"steps {steps}), ratio to the baseline {statistics.mean(t / b for t, b in zip(ts, times['baseline'])):.3f}, "
+              f"final val {statistics.mean(finals):.4f} ± {statistics.stdev(finals):.4f}")
     ratios = [d / b for d, b in zip(times["default"], times["baseline"])]
     mean, se = statistics.mean(ratios), statistics.stdev(ratios) / len(ratios) ** 0.5
     verdict = "beats" if mean + 3 * se < target else "does not beat"

@@ -46,9 +46,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 # What notebook 09 writes into minigpt.py, in order (its cell passes the objects themselves).
 PROGRAM_PARTS = ("GPTConfig", "MLP", "CausalSelfAttention", "Block", "GPT", "apply_temperature", "top_k_filter",
-                 "top_p_filter", "apply_repetition_penalty", "generate", "make_optimizer", "warmup_cosine_lr",
-                 "estimate_loss", "TrainConfig", "CharTokenizer", "get_batch", "save_checkpoint", "load_checkpoint",
-                 "train", "sample", "main")
+                 "top_p_filter", "apply_repetition_penalty", "generate", "make_optimizer", "Optimizers",
+                 "warmup_cosine_lr", "estimate_loss", "TrainConfig", "ReLU2MLP", "make_model", "CharTokenizer",
+                 "get_batch", "save_checkpoint", "load_checkpoint", "train", "sample", "ModernAttention", "main")
 
 PROGRAM_FOOTER = '''
 

@@ -27,11 +27,17 @@ Oracles and properties (grader/README.md, "Oracle rule"):
   (nn.ModuleDict / nn.Linear / nn.Embedding / nn.LayerNorm, random weights, lm_head tied), not the learner's GPT:
   the exported GPT2LMHeadModel's config, its tie, and its logits against GPT2LMHeadModel built with the same
   weights by grader.checks._gpt2.gpt2_from_gpt, also after save_pretrained / from_pretrained.
+- `ModernAttention`: built with the check's config and weights (norm weights around 1, not 1), against transformers'
+  Qwen3Attention (q_norm / k_norm per head, then RoPE) and LlamaAttention (RoPE without the norms), eager attention
+  under a causal mask, cos/sin from LlamaRotaryEmbedding; every combination of qk_norm and rope (rope off: cos 1,
+  sin 0), four sizes with and without biases; and the KV cache: x fed in chunks against the library's output on all
+  of x.
 
 One bug costs points once: the carried module 07 code (the learner's GPT and generate) is never judged here: the
 checks of `train` and `sample` swap library versions in for it on the learner's side; the checks of `sample` use
 their own model and tokenizer, those of the checkpoint functions their own model and files, that of
-`export_to_gpt2` its own model; `train` runs with the learner's `get_batch` / checkpoint functions (its messages
+`export_to_gpt2` its own model; `ModernAttention` is the learner's own class, built alone (not inside their GPT);
+`train` runs with the learner's `get_batch` / checkpoint functions (its messages
 name them).
 """
 
@@ -496,14 +502,21 @@ def _train_data():
     return train, val
 
 
+# GPT-2's blocks and AdamW: the checks' model is transformers' GPT2LMHeadModel (not the learner's ModernAttention),
+# and they read AdamW's moments from the checkpoints.
+_GPT2_OPTIONS = dict(rope=False, qk_norm=False, mlp="gelu", zero_init=False, optimizer="adamw")
+
+
 def _config(train, **overrides):
-    """On the learner's side: the notebook's TrainConfig (given code, read from train's namespace) with the
-    check's sizes."""
+    """On the learner's side: the notebook's TrainConfig (given code, read from train's namespace) with GPT-2's
+    blocks, AdamW and the check's sizes."""
     cls = next((ns["TrainConfig"] for ns in learner_namespaces(train) if "TrainConfig" in ns), None)  # decorators followed
     if cls is None:
         raise NameError("TrainConfig is not defined in the notebook: run the cell that defines it (given code)")
     vocab, _, _ = shakespeare_chars()
-    return dataclasses.replace(cls(), vocab_size=vocab.size, **overrides)
+    names = {f.name for f in dataclasses.fields(cls)}
+    pinned = {k: v for k, v in _GPT2_OPTIONS.items() if k in names}
+    return dataclasses.replace(cls(), vocab_size=vocab.size, **(pinned | overrides))
 
 
 def _history(out, what: str) -> dict:
@@ -1359,3 +1372,170 @@ def check_export_to_gpt2(export_to_gpt2, seed=0):
                  atol=1e-4, rtol=1e-4, hint=hint)
     assert_close(out["reloaded"], expected, f"{call}: the logits after save_pretrained and from_pretrained",
                  atol=1e-4, rtol=1e-4, hint="what the folder holds must be the model: keep lm_head tied to wte")
+
+
+# ------------------------------------------------------------------------------------ ModernAttention
+# (C, n_head, bias): head sizes 6, 4, 8 and 2; with and without biases; one head.
+_MODERN = [(12, 2, True), (16, 4, False), (8, 1, True), (8, 4, True)]
+_FLAGS = [(True, True), (False, True), (True, False), (False, False)]  # (qk_norm, rope)
+
+
+def _modern_weights(names_shapes: dict, seed: int) -> dict:
+    """The check's weights for the learner's parameter names: norm weights around 1 (not 1, so a norm applied
+    after the rotation, or over all heads at once, shows), every other tensor N(0, 0.4^2)."""
+    g = generator(72_000 + seed)
+    return {n: (1.0 + 0.3 * torch.randn(s, generator=g)) if "norm" in n else 0.4 * torch.randn(s, generator=g)
+            for n, s in names_shapes.items()}
+
+
+def _library_attention(weights: dict, C: int, nh: int, qk_norm: bool, rope: bool, bias: bool, x: torch.Tensor,
+                       offset: int = 0) -> torch.Tensor:
+    """transformers' Qwen3Attention (q_norm / k_norm per head, then RoPE) or LlamaAttention (RoPE, no norm), eager
+    attention under a causal mask, with the check's weights (c_attn split into q/k/v_proj, c_proj as o_proj); cos
+    and sin from LlamaRotaryEmbedding (base 10000) at positions offset .. offset + T - 1, or cos 1 and sin 0 without
+    RoPE. (B, T, C) -> (B, T, C)."""
+    from transformers import LlamaConfig, Qwen3Config
+    from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRotaryEmbedding
+    from transformers.models.qwen3.modeling_qwen3 import Qwen3Attention
+
+    hs = C // nh
+    kw = dict(hidden_size=C, num_attention_heads=nh, num_key_value_heads=nh, head_dim=hs, attention_bias=bias,
+              attention_dropout=0.0, rope_theta=10000.0, max_position_embeddings=256, intermediate_size=4 * C,
+              num_hidden_layers=1, vocab_size=8)
+    cfg = Qwen3Config(**kw, rms_norm_eps=1e-6) if qk_norm else LlamaConfig(**kw)
+    cfg._attn_implementation = "eager"
+    attn = (Qwen3Attention if qk_norm else LlamaAttention)(cfg, layer_idx=0).eval()
+    with torch.no_grad():
+        for j, name in enumerate(("q_proj", "k_proj", "v_proj")):
+            getattr(attn, name).weight.copy_(weights["c_attn.weight"][j * C:(j + 1) * C])
+            if bias:
+                getattr(attn, name).bias.copy_(weights["c_attn.bias"][j * C:(j + 1) * C])
+        attn.o_proj.weight.copy_(weights["c_proj.weight"])
+        if bias:
+            attn.o_proj.bias.copy_(weights["c_proj.bias"])
+        if qk_norm:
+            attn.q_norm.weight.copy_(weights["q_norm.weight"])
+            attn.k_norm.weight.copy_(weights["k_norm.weight"])
+    B, T, _ = x.shape
+    if rope:
+        rotary = LlamaRotaryEmbedding(LlamaConfig(**kw))
+        if rotary.rope_type != "default":
+            raise RuntimeError(f"the oracle's RoPE type is {rotary.rope_type}, not default")
+        cos, sin = rotary(x, torch.arange(offset, offset + T)[None])  # (1, T, hs) each
+    else:
+        cos, sin = torch.ones(1, T, hs), torch.zeros(1, T, hs)
+    allowed = torch.ones(T, T, dtype=torch.bool).tril()
+    mask = torch.zeros(T, T).masked_fill(~allowed, torch.finfo(torch.float32).min)[None, None]  # (1, 1, T, T)
+    with torch.no_grad():
+        return attn(x, position_embeddings=(cos, sin), attention_mask=mask)[0]
+
+
+def _required_names(qk_norm: bool, bias: bool) -> list[str]:
+    names = ["c_attn.weight", "c_proj.weight"] + (["c_attn.bias", "c_proj.bias"] if bias else [])
+    return names + (["q_norm.weight", "k_norm.weight"] if qk_norm else [])
+
+
+def _modern_shapes(C: int, nh: int, qk_norm: bool, bias: bool) -> dict:
+    shapes = {"c_attn.weight": (3 * C, C), "c_proj.weight": (C, C), "c_attn.bias": (3 * C,), "c_proj.bias": (C,),
+              "q_norm.weight": (C // nh,), "k_norm.weight": (C // nh,)}
+    return {n: shapes[n] for n in _required_names(qk_norm, bias)}
+
+
+def _run_modern(ModernAttention, C, nh, bias, qk_norm, rope, weights, x, chunks):
+    """On the learner's side: ModernAttention(config, qk_norm=..., rope=...) with the check's weights, in eval mode;
+    its output on x in one call, and the outputs of x cut into `chunks` (lengths) fed with the cache. Returns plain
+    tensors, or {"missing": names} when a documented parameter is not there."""
+    config = SimpleNamespace(n_embd=C, n_head=nh, bias=bias, dropout=0.0, block_size=64, vocab_size=8, n_layer=1)
+    with torch.random.fork_rng(devices=[]):
+        module = ModernAttention(config, qk_norm=qk_norm, rope=rope)
+    state = module.state_dict()
+    missing = [n for n in weights if n not in state or tuple(state[n].shape) != tuple(weights[n].shape)]
+    if missing:
+        return {"missing": missing, "have": {n: tuple(t.shape) for n, t in state.items()}}
+    module.load_state_dict(weights, strict=False)
+    module.eval()
+    out = {}
+    with torch.no_grad():
+        y, kv = module(x)
+        out["y"], out["k"], out["v"] = y, kv[0], kv[1]
+        past, ys, shapes = None, [], []
+        start = 0
+        for n in chunks:
+            y_n, past = module(x[:, start:start + n], past)
+            ys.append(y_n)
+            shapes.append((tuple(past[0].shape), tuple(past[1].shape)))
+            start += n
+        out["chunked"], out["cache shapes"] = torch.cat(ys, dim=1), shapes
+    return out
+
+
+def _modern_call(C, nh, bias, qk_norm, rope):
+    return (f"ModernAttention(config with n_embd={C}, n_head={nh}, bias={bias}, dropout=0.0, qk_norm={qk_norm}, "
+            f"rope={rope})")
+
+
+def _check_modern_output(out, call, expected, C, nh, qk_norm, rope):
+    _expect_dict(out, call)
+    if "missing" in out:
+        raise AssertionError(f"{call}: parameters {out['missing']} are missing or have another shape (your module has "
+                             f"{out.get('have')}); keep module 07's names c_attn (C -> 3C) and c_proj (C -> C)"
+                             + (", and q_norm / k_norm as nn.RMSNorm(hs) (weight (hs,))" if qk_norm else ""))
+    hints = []
+    if qk_norm:
+        hints.append("q_norm / k_norm normalise each head's vector of size hs (the last axis of (B, nh, T, hs)), "
+                     "before the rotation")
+    if rope:
+        hints.append("rotate q and k (not v) by module 04's RoPE, x * cos + rotate_half(x) * sin, base 10000, pairs "
+                     "(j, j + hs/2)")
+    hints.append("then module 07's masked attention with scores q . k / sqrt(hs)")
+    assert_close(out["y"], expected, f"{call}: the output on x (B, T, C)", atol=1e-5, rtol=1e-4, hint="; ".join(hints))
+
+
+@trusted_check(points=3)
+def check_ModernAttention(ModernAttention, seed=0):
+    """With the check's weights (norm weights around 1, not 1), against transformers' Qwen3Attention (qk_norm: the
+    norms per head, then RoPE) or LlamaAttention (no norm), for every combination of qk_norm and rope, several head
+    sizes, with and without biases; no cache."""
+    g = generator(73_000 + seed)
+    for C, nh, bias in _MODERN:
+        x = torch.randn(2, 9, C, generator=g)  # (B, T, C)
+        for qk_norm, rope in _FLAGS:
+            weights = _modern_weights(_modern_shapes(C, nh, qk_norm, bias), seed + C + nh)
+            call = _modern_call(C, nh, bias, qk_norm, rope)
+            args = (C, nh, bias, qk_norm, rope, weights, x, [9])
+            out = learner_call(call, lambda args=args: _run_modern(live(ModernAttention), *args))
+            expected = _library_attention(weights, C, nh, qk_norm, rope, bias, x)
+            _check_modern_output(out, call, expected, C, nh, qk_norm, rope)
+
+
+@trusted_check(points=2)
+def check_ModernAttention_cache(ModernAttention, seed=0):
+    """The KV cache: x fed in chunks (4 + 1 + 4 tokens, and 1 + 1 + 7), each call given the (k, v) the previous call
+    returned, gives the rows of the library's output on all of x: new tokens are rotated at positions T_past ..
+    T_past + T - 1 and see every earlier key. The returned k and v are (B, nh, T_past + T, hs)."""
+    g = generator(74_000 + seed)
+    for (C, nh, bias), (qk_norm, rope), chunks in [((12, 2, True), (True, True), [4, 1, 4]),
+                                                   ((16, 4, False), (False, True), [1, 1, 7]),
+                                                   ((8, 1, True), (True, False), [4, 1, 4])]:
+        x = torch.randn(2, 9, C, generator=g)
+        weights = _modern_weights(_modern_shapes(C, nh, qk_norm, bias), seed + 1000 + C)
+        call = _modern_call(C, nh, bias, qk_norm, rope)
+        args = (C, nh, bias, qk_norm, rope, weights, x, chunks)
+        out = learner_call(call, lambda args=args: _run_modern(live(ModernAttention), *args))
+        _expect_dict(out, call)
+        if "missing" in out:
+            _check_modern_output(out, call, None, C, nh, qk_norm, rope)
+        hs, total, want = C // nh, 0, []
+        for n in chunks:
+            total += n
+            want.append(((2, nh, total, hs), (2, nh, total, hs)))
+        if [tuple(map(tuple, s)) for s in out["cache shapes"]] != want:
+            raise AssertionError(f"{call}: fed x in chunks of {chunks} tokens, the returned (k, v) had shapes "
+                                 f"{out['cache shapes']}, expected {want}: return every key and value so far, "
+                                 "(B, nh, T_past + T, hs), the past ones first")
+        expected = _library_attention(weights, C, nh, qk_norm, rope, bias, x)
+        hint = ("a chunk's tokens stand at positions T_past .. T_past + T - 1 (T_past = past[0].size(2)): rotate them "
+                "there, keep the cached keys as they were returned, and let query i of the chunk see keys "
+                "0 .. T_past + i" if rope else "query i of the chunk sees keys 0 .. T_past + i")
+        assert_close(out["chunked"], expected, f"{call}: x fed in chunks of {chunks} tokens with the cache, against "
+                     "the library's output on all of x", atol=1e-5, rtol=1e-4, hint=hint)

@@ -61,20 +61,25 @@ def mutant(target: str, why: str, catalogue: list, *, from_reference: bool = Fal
     return register
 
 
-def edit_mutant(target: str, why: str, catalogue: list, *, old: str, new: str, name: str) -> None:
+def edit_mutant(target: str, why: str, catalogue: list, *, old: str = "", new: str = "", name: str,
+                edits: tuple = ()) -> None:
     """Register a mutant that is the reference's `<target>_solution` cell (read from the instructor notebook)
     with the text `old`, which must occur exactly once, replaced by `new`, executed into the namespace. For a
-    long function (a training loop) whose bug is one line that no wrapper or subclass can reach."""
+    long function (a training loop) whose bug is one line that no wrapper or subclass can reach. A bug that moves
+    a line gives `edits` instead: (old, new) pairs applied in order, each old occurring exactly once."""
+    changes = tuple(edits) or ((old, new),)
 
     def build(ns: dict):
         from grader.reference import solution_source
 
         assignment_id = ns["__name__"].removeprefix("reference_")
         source = solution_source(assignment_id, f"{target}_solution")
-        if source.count(old) != 1:
-            raise ValueError(f"mutant {name}: {old!r} occurs {source.count(old)} times in {target}_solution "
-                             "(expected exactly once): update the mutant to the notebook")
-        exec(compile(source.replace(old, new), f"<mutant {name}>", "exec"), ns)
+        for before, after in changes:
+            if source.count(before) != 1:
+                raise ValueError(f"mutant {name}: {before!r} occurs {source.count(before)} times in {target}_solution "
+                                 "(expected exactly once): update the mutant to the notebook")
+            source = source.replace(before, after)
+        exec(compile(source, f"<mutant {name}>", "exec"), ns)
         return ns[target]
 
     catalogue.append(Mutant(name, target, build, why))

@@ -131,3 +131,23 @@ edit_mutant("export_to_gpt2", "every matrix transposed, the embeddings too", MUT
 edit_mutant("export_to_gpt2", "tie_word_embeddings=False and lm_head skipped: the output layer keeps its random "
             "weights", MUTANTS, name="export_lm_head_left_random", old="bos_token_id=None, eos_token_id=None)",
             new="bos_token_id=None, eos_token_id=None, tie_word_embeddings=False)")
+
+# ------------------------------------------------------------------------------------ ModernAttention
+edit_mutant("ModernAttention", "new tokens rotated from position 0 whatever the cache holds: right without a cache, "
+            "wrong with one", MUTANTS, name="modern_rope_no_offset",
+            old="torch.arange(T_past, T_past + T, device=x.device)", new="torch.arange(0, T, device=x.device)")
+_NORM = ("        if self.qk_norm:\n"
+         "            q, k = self.q_norm(q), self.k_norm(k)  # each (position, head) vector to RMS 1, times the learned "
+         "weight\n")
+_ROTATE = "            q, k = rotate(q), rotate(k)\n"
+edit_mutant("ModernAttention", "the norms after the rotation (the same with norm weights at 1, not once they are "
+            "trained)", MUTANTS, name="modern_norm_after_rope",
+            edits=((_NORM, ""), (_ROTATE, _ROTATE + _NORM)))  # the norm's `if` after the rope block
+edit_mutant("ModernAttention", "k through q_norm (a copy-paste slip): k_norm's weight is never used", MUTANTS,
+            name="modern_k_through_q_norm", old="q, k = self.q_norm(q), self.k_norm(k)",
+            new="q, k = self.q_norm(q), self.q_norm(k)")
+edit_mutant("ModernAttention", "v rotated too: the values carry positions into the output", MUTANTS,
+            name="modern_v_rotated", old="q, k = rotate(q), rotate(k)", new="q, k, v = rotate(q), rotate(k), rotate(v)")
+edit_mutant("ModernAttention", "the frequencies' exponent j / hs instead of 2j / hs (the pairs' index taken for the "
+            "dimension's)", MUTANTS, name="modern_rope_exponent_halved",
+            old="torch.arange(0, hs, 2, device=x.device).float() / hs", new="torch.arange(0, hs // 2, device=x.device).float() / hs")
