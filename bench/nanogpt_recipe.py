@@ -40,13 +40,12 @@ AID = "09_mini_gpt_capstone"
 # --dropout=0.0, and from the config: learning_rate 1e-3, min_lr 1e-4, warmup_iters 100, beta2 0.99,
 # weight_decay 0.1, grad_clip 1.0.
 # The architecture is GPT-2's, as nanoGPT's: learned positions, no QK-norm, GELU, GPT-2's initialisation, AdamW.
+GPT2 = dict(rope=False, qk_norm=False, mlp="gelu", zero_init=False, optimizer="adamw")
 BASELINE = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, max_iters=2000, lr=1e-3, min_lr=1e-4,
-                warmup_iters=100, beta2=0.99, weight_decay=0.1, grad_clip=1.0, dropout=0.0, positions=True,
-                rope=False, qk_norm=False, mlp="gelu", zero_init=False, optimizer="adamw")
+                warmup_iters=100, beta2=0.99, weight_decay=0.1, grad_clip=1.0, dropout=0.0, positions=True, **GPT2)
 # --without: the default with one of its modern options reverted to GPT-2's / nanoGPT's (notebook 09, section 7)
 WITHOUT = {"rope": dict(rope=False), "qk_norm": dict(qk_norm=False), "relu2": dict(mlp="gelu"),
-           "zero_init": dict(zero_init=False), "muon": dict(optimizer="adamw"),
-           "all five": dict(rope=False, qk_norm=False, mlp="gelu", zero_init=False, optimizer="adamw")}
+           "zero_init": dict(zero_init=False), "muon": dict(optimizer="adamw"), "all five": GPT2}
 
 
 def run(program: Path, out_dir: Path, settings: dict, every: int, windows: int) -> dict:
@@ -164,20 +163,20 @@ def report_over_seeds(seeds, histories, target) -> None:
     import statistics
 
     times = {name: [] for name in histories}
+    steps = {name: [] for name in histories}
     for i, seed in enumerate(seeds):
         l_star = histories["baseline"][i]["val"][-1][1]
         row = []
         for name in times:
             hit = first_reaching(histories[name][i], l_star)
             times[name].append(hit[1] if hit else float("nan"))
+            steps[name].append(hit[0] if hit else None)
             row.append(f"{name} step {hit[0] if hit else None}, {hit[1] if hit else float('nan'):.1f} s")
         print(f"seed {seed}: L* = {l_star:.4f}; " + "; ".join(row))
     for name, ts in times.items():
         finals = [h["val"][-1][1] for h in histories[name]]
-        targets = [b["val"][-1][1] for b in histories["baseline"]]
-        steps = [(first_reaching(h, t) or (None,))[0] for h, t in zip(histories[name], targets)]
         print(f"{name:>18}: {statistics.mean(ts):.1f} ± {statistics.stdev(ts):.1f} s of training to L* (mean ± sd; "
-              f"steps {steps}), ratio to the baseline {statistics.mean(t / b for t, b in zip(ts, times['baseline'])):.3f}, "
+              f"steps {steps[name]}), ratio to the baseline {statistics.mean(t / b for t, b in zip(ts, times['baseline'])):.3f}, "
               f"final val {statistics.mean(finals):.4f} ± {statistics.stdev(finals):.4f}")
     ratios = [d / b for d, b in zip(times["default"], times["baseline"])]
     mean, se = statistics.mean(ratios), statistics.stdev(ratios) / len(ratios) ** 0.5
