@@ -1,7 +1,9 @@
 """`make progress` (deepdive/progress.py): the learner's table of exercises across the modules.
 
-Fast tests read notebooks and judge hand-made outputs; the slow one is the issue's learner, who
-solved module 01 and half of module 02, graded through the real grader from a full checkout.
+Fast tests read notebooks and judge hand-made outputs; the slow one is a learner who solved module 04
+(its four exercises and its written report) and half of module 02, graded through the real grader from
+a full checkout. (Module 04 rather than the issue's module 01: the same four exercises, and a written
+answer, in a quarter of 01's seconds; each run of this learner executes it.)
 (The student zip's visible-only run is in tests/test_student_zip.py, on a bare virtualenv.)
 """
 
@@ -19,6 +21,10 @@ import pytest
 from deepdive import progress
 from grader.assignments import COURSE, ROOT, solution_notebook
 
+SOLVED = "04_positional_encoding"  # every exercise answered, and the report written
+REPORT = "positions_report_answer"  # module 04's hand-graded answer cell
+REPORT_TEXT = ("Within the training length every scheme with positions is near 1.0. Beyond it the learned rows "
+               "were never trained and fall to chance; RoPE degrades least.")
 SOLVED_02 = ["scaled_dot_product_attention", "causal_mask"]
 BUG_02 = "padding_mask"  # `<=` for `<`: one position too many is "real" in every row
 
@@ -28,11 +34,11 @@ def _gid(cell) -> str:
 
 
 def learner_course(dest: Path, source: Path = COURSE) -> Path:
-    """A copy of `source` (a course/ folder) in which module 01 is solved and module 02 half: two
-    exercises right, one with a real bug, one untouched. Returns the copy."""
+    """A copy of `source` (a course/ folder) in which module 04 is solved (its exercises and the report) and
+    module 02 half: two exercises right, one with a real bug, one untouched. Returns the copy."""
     course = dest / "course"
     shutil.copytree(source, course, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "minigpt.py"))
-    for aid in ["01_rnn_bottleneck", "02_attention"]:
+    for aid in [SOLVED, "02_attention"]:
         answers = {_gid(c): c.source for c in nbformat.read(solution_notebook(aid), as_version=4).cells}
         path = course / aid / f"{aid}.ipynb"
         nb = nbformat.read(path, as_version=4)
@@ -40,7 +46,9 @@ def learner_course(dest: Path, source: Path = COURSE) -> Path:
             if not cell.metadata.get("nbgrader", {}).get("solution"):
                 continue
             name = _gid(cell).removesuffix("_solution")
-            if aid == "01_rnn_bottleneck" or name in SOLVED_02:
+            if name == REPORT:  # the instructor notebook holds the rubric here: the learner writes their own
+                cell.source = REPORT_TEXT
+            elif aid == SOLVED or name in SOLVED_02:
                 cell.source = answers[_gid(cell)]
             elif name == BUG_02:
                 cell.source = answers[_gid(cell)].replace("positions[None, :] < lengths", "positions[None, :] <= lengths")
@@ -164,7 +172,7 @@ def test_a_missing_course_folder_says_what_to_do(tmp_path):
 # ----------------------------------------------------------------------------- the issue's learner (slow)
 
 @pytest.mark.slow
-def test_a_learner_who_solved_01_and_half_of_02_gets_the_graders_verdicts(tmp_path):
+def test_a_learner_who_solved_04_and_half_of_02_gets_the_graders_verdicts(tmp_path):
     course = learner_course(tmp_path)
     before = digest(course)
     done = subprocess.run([sys.executable, "-m", "deepdive.progress", "--course", str(course)],
@@ -175,9 +183,14 @@ def test_a_learner_who_solved_01_and_half_of_02_gets_the_graders_verdicts(tmp_pa
     report = json.loads((tmp_path / "progress" / "progress.json").read_text())
     assert report["graded"], "a full checkout grades the learner's notebooks"
     modules = {m["module"]: m for m in report["modules"]}
-    m01, m02 = modules["01_rnn_bottleneck"], modules["02_attention"]
-    assert [e["status"] for e in m01["exercises"]] == ["passed"] * 4
-    assert m01["score"] == m01["max_score"] > 0, "the reference solutions of module 01 get full marks"
+    m04, m02 = modules[SOLVED], modules["02_attention"]
+    code = [e for e in m04["exercises"] if e["kind"] == "exercise"]
+    [report_row] = [e for e in m04["exercises"] if e["kind"] == "answer"]
+    assert [e["status"] for e in code] == ["passed"] * 4
+    assert all(e["score"] == e["max_score"] > 0 for e in code), "the reference solutions of module 04 get full marks"
+    assert report_row["status"] == progress.WRITTEN and report_row["score"] is None, report_row
+    assert m04["score"] == sum(e["max_score"] for e in code) == m04["max_score"] - report_row["max_score"], (
+        "module 04's score: every autograded point, the report's points waiting for a person")
     status = {e["name"]: e for e in m02["exercises"]}
     assert [status[n]["status"] for n in SOLVED_02] == ["passed", "passed"]
     assert status[BUG_02]["status"] == "failed" and "padding_mask([2, 4], 5) should be" in status[BUG_02]["message"]
@@ -185,10 +198,10 @@ def test_a_learner_who_solved_01_and_half_of_02_gets_the_graders_verdicts(tmp_pa
     assert [status[n]["score"] == status[n]["max_score"] for n in SOLVED_02] == [True, True]
     assert status[BUG_02]["score"] == 0 and status["online_softmax_attention"]["score"] == 0
     assert m02["score"] == sum(status[n]["max_score"] for n in SOLVED_02) < m02["max_score"]
-    for m in (m01, m02):
+    for m in (m04, m02):
         assert Path(m["feedback"]).is_file(), f"{m['module']}: no feedback page at {m['feedback']}"
-    assert not any(m["started"] for name, m in modules.items() if name not in (m01["module"], m02["module"]))
-    for words in ["padding_mask([2, 4], 5) should be (...)", "not attempted", "not started",
+    assert not any(m["started"] for name, m in modules.items() if name not in (m04["module"], m02["module"]))
+    for words in ["padding_mask([2, 4], 5) should be (...)", "not attempted", "not started", "by hand / 3",
                   "feedback/learner/02_attention/02_attention.html"]:
         assert words in done.stdout, f"the printed table lacks {words!r}"
     page = (tmp_path / "progress" / "progress.html").read_text()

@@ -303,23 +303,24 @@ def test_module_06_helpers_import_from_a_notebook_folder(student_copy):
 
 def test_progress_in_the_zip_runs_the_visible_tests_only(student_copy, tmp_path):
     """`python -m deepdive.progress`, as the student README says, in the unpacked zip: the untouched
-    course reads as not started; a learner who solved module 01 and half of 02 (a copy of the zip's
+    course reads as not started; a learner who solved module 04 and half of 02 (a copy of the zip's
     course/, tests/test_progress.py's learner) gets each exercise's visible test, and no grading:
     the zip has no grader and no hidden checks. The learner's notebooks are not modified."""
-    from tests.test_progress import SOLVED_02, digest, learner_course
+    from tests.test_progress import REPORT, SOLVED, SOLVED_02, digest, learner_course
 
     python = student_copy.bin / "python"
     fresh = student_copy.run("progress, nothing started", f"{python} -m deepdive.progress")
     assert "not started" in fresh.stdout and "passed" not in fresh.stdout.split("module ")[0], tail(fresh.stdout)
     course = learner_course(tmp_path, source=student_copy.root / "course")
     before = digest(course)
-    done = student_copy.run("progress, 01 solved and half of 02", f"{python} -m deepdive.progress --course {course}")
+    done = student_copy.run("progress, 04 solved and half of 02", f"{python} -m deepdive.progress --course {course}")
     print(done.stdout)
     assert digest(course) == before, "deepdive.progress modified the learner's notebooks"
     report = json.loads((tmp_path / "progress" / "progress.json").read_text())
     assert not report["graded"], "the student zip has no grader: progress must run the visible tests only"
     status = {(m["module"], e["name"]): e["status"] for m in report["modules"] for e in m["exercises"]}
-    assert [s for (aid, _), s in status.items() if aid == "01_rnn_bottleneck"] == ["passed"] * 4, status
+    assert [s for (aid, name), s in status.items() if aid == SOLVED and name != REPORT] == ["passed"] * 4, status
+    assert status[SOLVED, REPORT] == "written: to be graded by hand", status
     assert [status["02_attention", n] for n in SOLVED_02] == ["passed", "passed"]
     assert status["02_attention", "padding_mask"] == "failed"
     assert status["02_attention", "online_softmax_attention"] == "not attempted"
