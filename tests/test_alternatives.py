@@ -103,3 +103,61 @@ def test_feed_forward_with_functional_dropout():
 
     for check in (m05.check_FeedForward, m05.check_FeedForward_swiglu, m05.check_FeedForward_dropout):
         run_check(check, {"FeedForward": FeedForward}, seed=0)
+
+
+def test_lora_written_in_other_styles():
+    """LoRA from scratch (module 10) as learners also write it: the low-rank product formed first and F.dropout in
+    forward (LoRALinear), a recursive walk over named_children (add_lora), a fresh nn.Linear holding the merged
+    weight (merge_lora). Each is correct: full marks. Defined in one namespace, as notebook cells are (the checks
+    of add_lora and merge_lora swap the notebook's LoRALinear for theirs)."""
+    import torch.nn.functional as F
+    from torch import nn
+
+    ns = {"math": math, "torch": torch, "nn": nn, "F": F}
+    exec(LORA_OTHER_STYLES, ns)
+    run_check(m10.check_LoRALinear, {"LoRALinear": ns["LoRALinear"]}, seed=0)
+    run_check(m10.check_add_lora, {"add_lora": ns["add_lora"]}, seed=0)
+    run_check(m10.check_merge_lora, {"merge_lora": ns["merge_lora"]}, seed=0)
+
+
+LORA_OTHER_STYLES = """
+class LoRALinear(nn.Module):
+    def __init__(self, base, r, alpha, dropout=0.0):
+        super().__init__()
+        self.base, self.p, self.scaling = base.requires_grad_(False), dropout, alpha / r
+        self.lora_A = nn.Parameter(nn.init.kaiming_uniform_(torch.empty(r, base.in_features), a=math.sqrt(5)))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r))
+
+    def forward(self, x):
+        delta = self.lora_B @ self.lora_A  # (out, in)
+        return self.base(x) + self.scaling * F.linear(F.dropout(x, self.p, self.training), delta)
+
+
+def add_lora(model, target_modules, r, alpha, dropout=0.0):
+    for p in model.parameters():
+        p.requires_grad = False
+
+    def visit(module):
+        for name, child in module.named_children():
+            if isinstance(child, nn.Linear) and name in target_modules:
+                setattr(module, name, LoRALinear(child, r, alpha, dropout))
+            else:
+                visit(child)
+
+    visit(model)
+    return model
+
+
+def merge_lora(model):
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoRALinear):
+            base = module.base
+            merged = nn.Linear(base.in_features, base.out_features, bias=base.bias is not None)
+            with torch.no_grad():
+                merged.weight.copy_(base.weight + module.scaling * module.lora_B @ module.lora_A)
+                if base.bias is not None:
+                    merged.bias.copy_(base.bias)
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, merged)
+    return model
+"""

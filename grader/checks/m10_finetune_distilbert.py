@@ -2,7 +2,8 @@
 
 Oracles: the tokenizer called directly (tokenize_batch); scikit-learn's accuracy_score and
 f1_score(average="macro") (compute_metrics); the tokenizer's word_ids() on real lines and the first-piece rule
-(align_labels_with_tokens); peft.get_peft_model with the same LoraConfig (make_lora_model); sums of p.numel()
+(align_labels_with_tokens); peft.get_peft_model with the same LoraConfig (make_lora_model; LoRALinear, add_lora, and
+merge_lora against merge_and_unload); sums of p.numel()
 over model.parameters() (count_trainable); the parameters of model.base_model (freeze_base). The two trained
 checks fine-tune the course DistilBERT (data/models/distilbert, always the local build, so a grade never depends
 on the network) through the learner's function with the check's own recipe, on the CPU, and measure the test
@@ -10,12 +11,22 @@ metric here from the predictions: accuracy on `mentions`, entity F1 (seqeval) on
 """
 
 import warnings
+from collections import OrderedDict
 from functools import lru_cache, partial
 
 import numpy as np
 import torch
 
-from grader.checks._common import assert_close, build_seeded, generator, int_rows, learner_call, rng_kept
+from grader.checks._common import (
+    assert_close,
+    assert_shape,
+    build_seeded,
+    generator,
+    int_rows,
+    learner_call,
+    rng_kept,
+    swapped_globals_of,
+)
 from grader.trusted import live, trusted_check
 
 LORA_TARGETS = ["q_lin", "k_lin", "v_lin", "out_lin"]
@@ -413,6 +424,280 @@ def check_make_lora_model_trained(make_lora_model, seed=0):
             f"{call}: test accuracy {accuracy:.3f}; LoRA with a trainable head reaches {MIN_ACCURACY} or more (a frozen "
             "body with only the head training stays near 0.61). Check that the LoRA matrices and the whole head "
             "(pre_classifier and classifier) train, and that alpha and r reach LoraConfig")
+
+
+# ------------------------------------------------------------------------------- LoRA from scratch
+# Oracle: peft's LoRA (get_peft_model with a LoraConfig of the same rank, alpha, targets and dropout; its
+# merge_and_unload for merge_lora), the same A and B copied in. add_lora and merge_lora are judged with a
+# LoRALinear of the check's (_SpecLoRA, the notebook's stated contract, swapped into the learner's namespace),
+# so a bug in the learner's LoRALinear costs points once, in its own check.
+class _SpecLoRA(torch.nn.Module):
+    """The LoRALinear the notebook specifies: base (frozen), lora_A (r, in), lora_B (out, r), scaling = alpha / r,
+    dropout on the LoRA path's input. Only what add_lora and merge_lora are allowed to rely on."""
+
+    def __init__(self, base, r, alpha, dropout=0.0):
+        super().__init__()
+        self.base = base
+        base.requires_grad_(False)
+        self.r, self.alpha, self.scaling = r, alpha, alpha / r  # r and alpha too: a learner's code may read them
+        self.lora_A = torch.nn.Parameter(torch.zeros(r, base.in_features))
+        self.lora_B = torch.nn.Parameter(torch.zeros(base.out_features, r))
+        self.dropout = torch.nn.Dropout(dropout)
+
+    def forward(self, x):
+        return self.base(x) + self.scaling * torch.nn.functional.linear(
+            torch.nn.functional.linear(self.dropout(x), self.lora_A), self.lora_B)
+
+
+def _peft_linear(layer, r, alpha, dropout):
+    """peft's LoRA around a copy of `layer` (an nn.Linear), as a one-module model: (model, A, B) with A and B
+    the adapter's parameters."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(torch.nn.Sequential(OrderedDict(proj=copy.deepcopy(layer))),
+                           LoraConfig(r=r, lora_alpha=alpha, target_modules=["proj"], lora_dropout=dropout))
+    proj = model.base_model.model.proj
+    return model, proj.lora_A["default"].weight, proj.lora_B["default"].weight
+
+
+def _learner_lora_linear(LoRALinear, in_f, out_f, bias, r, alpha, dropout, seed, a, b, x, cot, drop_seed):
+    """On the learner's side: the learner's LoRALinear around a seeded nn.Linear; what it holds at first, its
+    output then, its output and gradients with the check's A and B (eval mode), and its output in train mode
+    under a fixed seed (the dropout)."""
+    base = build_seeded(torch.nn.Linear, seed, in_f, out_f, bias=bias)
+    layer = LoRALinear(base, r, alpha, dropout)
+    params = dict(layer.named_parameters())
+    res = {"names": sorted(params), "grads": {n: bool(p.requires_grad) for n, p in params.items()}}
+    A, B = getattr(layer, "lora_A", None), getattr(layer, "lora_B", None)
+    if not (isinstance(A, torch.Tensor) and isinstance(B, torch.Tensor)):
+        return res
+    res["A0"], res["B0"] = A.detach().clone(), B.detach().clone()
+    layer.eval()
+    with torch.no_grad():
+        res["y0"], res["base_y"] = layer(x), base(x)
+        A.copy_(a)
+        B.copy_(b)
+    y = layer(x)
+    (y * cot).sum().backward()
+    res["y"] = y.detach()
+    res["dA"] = None if A.grad is None else A.grad.clone()
+    res["dB"] = None if B.grad is None else B.grad.clone()
+    layer.train()
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(drop_seed)
+        res["y_train"] = layer(x)
+    return res
+
+
+@trusted_check(points=3)
+def check_LoRALinear(LoRALinear, seed=0):
+    """Against peft's LoRA on the same nn.Linear: A (r, in) random and B (out, r) zero at first (so the output is
+    the base's), only A and B trainable, the same output and gradients once A and B hold the check's values
+    (scaling alpha / r), and dropout on the LoRA path only (the same output as peft's in train mode, one seed)."""
+    g = generator(seed)
+    cases = [(6, 4, True, 2, 4.0, 0.0), (5, 5, False, 1, 8.0, 0.5), (8, 3, True, 4, 4.0, 0.25)]
+    for in_f, out_f, bias, r, alpha, dropout in cases:
+        call = f"LoRALinear(nn.Linear({in_f}, {out_f}, bias={bias}), r={r}, alpha={alpha:g}, dropout={dropout})"
+        base = build_seeded(torch.nn.Linear, seed, in_f, out_f, bias=bias)
+        oracle, A_lib, B_lib = _peft_linear(base, r, alpha, dropout)
+        a, b = 0.5 * torch.randn(r, in_f, generator=g), 0.5 * torch.randn(out_f, r, generator=g)
+        x, cot = torch.randn(3, 2, in_f, generator=g), torch.randn(3, 2, out_f, generator=g)
+        drop_seed = int(torch.randint(10_000, (1,), generator=g))
+        got = learner_call(f"LoRALinear {in_f}x{out_f}", partial(
+            _with_live, _learner_lora_linear, LoRALinear, in_f, out_f, bias, r, alpha, dropout, seed, a, b, x, cot,
+            drop_seed), call)
+        if not isinstance(got, dict) or "A0" not in got:
+            raise AssertionError(f"{call}: no lora_A / lora_B parameters (nn.Parameter attributes named lora_A and "
+                                 "lora_B, shapes (r, in_features) and (out_features, r))")
+        assert_shape(got["A0"], (r, in_f), f"{call}: lora_A", hint="A maps the input down: (r, in_features)")
+        assert_shape(got["B0"], (out_f, r), f"{call}: lora_B", hint="B maps back up: (out_features, r)")
+        if bool((got["B0"] != 0).any()):
+            raise AssertionError(f"{call}: lora_B should start at zero, so the wrapped layer first computes what the "
+                                 "pretrained one did")
+        if not bool((got["A0"] != 0).any()):
+            raise AssertionError(f"{call}: lora_A starts at zero; with B zero too, no gradient reaches either "
+                                 "(dL/dB needs A x, dL/dA needs B): initialise A at random (kaiming_uniform_, as "
+                                 "nn.Linear does)")
+        trainable = sorted(n for n, flag in got["grads"].items() if flag)
+        if trainable != ["lora_A", "lora_B"]:
+            raise AssertionError(f"{call}: the trainable parameters are {trainable}; only lora_A and lora_B should "
+                                 "train (freeze the wrapped layer's weight and bias)")
+        assert_close(got["y0"], got["base_y"], f"{call}: output before training (B = 0)", atol=1e-6,
+                     hint="with B zero the output must be the base layer's")
+        with torch.no_grad():
+            A_lib.copy_(a)
+            B_lib.copy_(b)
+        oracle.eval()
+        want = oracle(x)
+        (want * cot).sum().backward()
+        hint = f"y = base(x) + (alpha / r) * B A x with alpha / r = {alpha / r:g}"
+        assert_close(got["y"], want.detach(), f"{call}: output with A and B set (eval mode)", hint=hint)
+        assert_close(got["dA"], A_lib.grad, f"{call}: gradient of lora_A", hint=hint)
+        assert_close(got["dB"], B_lib.grad, f"{call}: gradient of lora_B", hint=hint)
+        if dropout > 0:
+            oracle.train()
+            with torch.random.fork_rng(devices=[]), torch.no_grad():
+                torch.manual_seed(drop_seed)
+                want_train = oracle(x)
+            assert_close(got["y_train"], want_train, f"{call}: output in train mode (dropout {dropout})",
+                         hint="dropout applies once, to the input of the LoRA path only: base(x) + (alpha / r) * "
+                              "B A dropout(x); the frozen path sees x as it is")
+
+
+def _tiny_bert(seed):
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    return build_seeded(DistilBertForSequenceClassification, seed, DistilBertConfig(
+        vocab_size=60, dim=16, n_layers=2, n_heads=2, hidden_dim=24, max_position_embeddings=32, num_labels=3))
+
+
+def _lora_values(oracle, g) -> dict:
+    """name (without peft's prefixes and adapter name) -> a non-zero value for every LoRA matrix of `oracle`."""
+    return {_norm(n).replace(".lora_A.default.weight", ".lora_A").replace(".lora_B.default.weight", ".lora_B"):
+            0.3 * torch.randn(p.shape, generator=g) for n, p in oracle.named_parameters() if "lora_" in n}
+
+
+def _set_peft(oracle, values):
+    with torch.no_grad():
+        for n, p in oracle.named_parameters():
+            key = _norm(n).replace(".lora_A.default.weight", ".lora_A").replace(".lora_B.default.weight", ".lora_B")
+            if key in values:
+                p.copy_(values[key])
+
+
+def _learner_add_lora(add_lora, seed, targets, r, alpha, values, ids):
+    model = _tiny_bert(seed)
+    with swapped_globals_of(add_lora, {"LoRALinear": _SpecLoRA}):
+        out = add_lora(model, list(targets), r, alpha)
+    res = {"same": out is model,
+           "wrapped": sorted(n for n, m in model.named_modules() if isinstance(m, _SpecLoRA)),
+           "trainable": {n: p.numel() for n, p in model.named_parameters() if p.requires_grad}}
+    loaded = 0
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n in values and tuple(p.shape) == tuple(values[n].shape):
+                p.copy_(values[n])
+                loaded += 1
+        res["loaded"] = loaded
+        res["logits"] = model.eval()(input_ids=ids).logits
+    return res
+
+
+@trusted_check(points=2)
+def check_add_lora(add_lora, seed=0):
+    """On a small DistilBERT classifier: the same layers wrapped as peft's LoRA on those target_modules (matched by
+    the layer's own name), only the LoRA matrices trainable (peft's count), and the same logits once A and B hold
+    the same values. The check's LoRALinear stands in for yours."""
+    from peft import LoraConfig, get_peft_model
+
+    g = generator(seed)
+    for targets, r, alpha in [(["q_lin", "v_lin"], 2, 4), (["k_lin", "out_lin", "lin1"], 3 + seed % 2, 6)]:
+        call = f"add_lora(DistilBertForSequenceClassification, {targets}, r={r}, alpha={alpha})"
+        oracle = get_peft_model(_tiny_bert(seed), LoraConfig(r=r, lora_alpha=alpha, target_modules=targets,
+                                                             lora_dropout=0.0))
+        values = _lora_values(oracle, g)
+        _set_peft(oracle, values)
+        ids = torch.randint(1, 60, (2, 7), generator=g)
+        with torch.no_grad():
+            want = oracle.eval()(input_ids=ids).logits
+        want_wrapped = sorted({k.rsplit(".", 1)[0] for k in values})
+        want_count = sum(p.numel() for p in oracle.parameters() if p.requires_grad)
+        got = learner_call("add_lora", partial(_with_live, _learner_add_lora, add_lora, seed, targets, r, alpha, values,
+                                               ids), call)
+        if not isinstance(got, dict) or not isinstance(got.get("wrapped"), list):
+            raise AssertionError(f"{call}: the model's layers did not come back")
+        if got["wrapped"] != want_wrapped:
+            extra = sorted(set(got["wrapped"]) - set(want_wrapped))
+            missing = sorted(set(want_wrapped) - set(got["wrapped"]))
+            raise AssertionError(
+                f"{call}: wrapped {len(got['wrapped'])} layers, peft wraps {len(want_wrapped)} "
+                f"({'unexpected: ' + ', '.join(extra[:2]) if extra else 'missing: ' + ', '.join(missing[:2])}); wrap "
+                "each nn.Linear whose own name (the last part of its dotted name) is in target_modules, by "
+                "LoRALinear(layer, r, alpha)")
+        trainable = got["trainable"]
+        lora = sorted(n for n in trainable if n.endswith((".lora_A", ".lora_B")))
+        others = sorted(n for n in trainable if n not in lora)
+        if others:
+            raise AssertionError(f"{call}: {len(others)} parameters outside the LoRA matrices still train "
+                                 f"({', '.join(others[:2])}, ...): freeze the whole model first, then wrap")
+        if not lora:
+            raise AssertionError(f"{call}: no LoRA matrix trains: freeze the model *before* wrapping (freezing after "
+                                 "freezes the new matrices too)")
+        if sum(trainable.values()) != want_count:
+            raise AssertionError(f"{call}: {sum(trainable.values()):,} trainable numbers, peft's LoRA has "
+                                 f"{want_count:,}")
+        if got.get("same") is not True:
+            raise AssertionError(f"{call} should return the model it was given (changed in place)")
+        if got.get("loaded") != len(values):
+            raise AssertionError(f"{call}: the check could not set every LoRA matrix by name")
+        assert_close(got.get("logits"), want, f"{call}: logits with A and B set", atol=1e-5)
+
+
+def _learner_merge_lora(merge_lora, seed, targets, r, alpha, values, ids):
+    model = _tiny_bert(seed).eval()
+    model.requires_grad_(False)
+    for name, module in list(model.named_modules()):
+        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] in targets:
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, _SpecLoRA(module, r, alpha))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if n in values:
+                p.copy_(values[n])
+        before = model(input_ids=ids).logits
+    with swapped_globals_of(merge_lora, {"LoRALinear": _SpecLoRA}):
+        out = merge_lora(model)
+    res = {"same": out is model, "before": before,
+           "left": sorted(n for n, m in model.named_modules() if isinstance(m, _SpecLoRA)),
+           "types": {n: type(m).__name__ for n, m in model.named_modules() if n.rsplit(".", 1)[-1] in targets},
+           "state": {n: t.detach().clone() for n, t in model.state_dict().items()}}
+    with torch.no_grad():
+        res["after"] = model.eval()(input_ids=ids).logits
+    return res
+
+
+@trusted_check(points=2)
+def check_merge_lora(merge_lora, seed=0):
+    """On a small DistilBERT classifier with LoRA (the check's LoRALinear, non-zero A and B) on four projections:
+    no LoRALinear left, an nn.Linear in each place with the weights and biases of peft's merge_and_unload, and
+    the same logits as before the merge."""
+    from peft import LoraConfig, get_peft_model
+
+    g = generator(seed)
+    targets, r, alpha = ["q_lin", "k_lin", "v_lin", "lin2"], 2 + seed % 2, 8
+    call = f"merge_lora(DistilBertForSequenceClassification with LoRA r={r}, alpha={alpha} on {targets})"
+    oracle = get_peft_model(_tiny_bert(seed), LoraConfig(r=r, lora_alpha=alpha, target_modules=targets,
+                                                         lora_dropout=0.0))
+    values = _lora_values(oracle, g)
+    _set_peft(oracle, values)
+    ids = torch.randint(1, 60, (2, 7), generator=g)
+    merged = oracle.merge_and_unload().eval()
+    with torch.no_grad():
+        want = merged(input_ids=ids).logits
+    got = learner_call("merge_lora", partial(_with_live, _learner_merge_lora, merge_lora, seed, targets, r, alpha,
+                                             values, ids), call)
+    if not isinstance(got, dict) or not isinstance(got.get("state"), dict):
+        raise AssertionError(f"{call}: the model did not come back")
+    if got["left"]:
+        raise AssertionError(f"{call}: {len(got['left'])} LoRALinear layers are still there ({got['left'][0]}, ...): "
+                             "replace each by its base nn.Linear holding the merged weight")
+    not_linear = {n: t for n, t in got["types"].items() if t != "Linear"}
+    if not_linear:
+        raise AssertionError(f"{call}: {next(iter(not_linear))} is a {next(iter(not_linear.values()))}, not an "
+                             "nn.Linear")
+    state = got["state"]
+    for name, w in merged.state_dict().items():
+        if name not in state:
+            raise AssertionError(f"{call}: the merged model has no {name} (peft's merge has it)")
+        hint = ("W + (alpha / r) * B A: B (out, r) @ A (r, in) is (out, in), like W" if name.endswith("weight")
+                else "the bias stays as it was")
+        assert_close(state[name], w, f"{call}: {name} after the merge", atol=1e-6, hint=hint)
+    assert_close(got.get("after"), got.get("before"), f"{call}: logits after the merge against before it", atol=1e-5)
+    assert_close(got.get("after"), want, f"{call}: logits against peft's merge_and_unload", atol=1e-5)
+    if got.get("same") is not True:
+        raise AssertionError(f"{call} should return the model it was given (changed in place)")
 
 
 # ------------------------------------------------------------------------------- align_labels_with_tokens

@@ -1,4 +1,4 @@
-"""Known bugs of module 10: tokenisation, metrics, freezing, counting, LoRA, label alignment.
+"""Known bugs of module 10: tokenisation, metrics, freezing, counting, LoRA (peft and from scratch), label alignment.
 
 Each is the reference's solution cell with one line changed (edit_mutant), so no solution is pasted here.
 The alignment mutants that still train a usable tagger (labels on every piece, specials labelled O) are
@@ -69,6 +69,45 @@ edit_mutant("make_lora_model", "ignores target_modules (LoRA on q_lin and v_lin 
 edit_mutant("make_lora_model", "freezes the body after wrapping: the LoRA matrices are frozen too, only the head "
             "trains", MUTANTS, name="frozen_after_wrapping", old="return get_peft_model(model, config)",
             new="return freeze_base(get_peft_model(model, config))")
+
+
+# ------------------------------------------------------------------------------------ LoRA from scratch
+edit_mutant("LoRALinear", "scales by r / alpha instead of alpha / r", MUTANTS, name="lora_scaling_inverted",
+            old="self.r, self.scaling = r, alpha / r", new="self.r, self.scaling = r, r / alpha")
+edit_mutant("LoRALinear", "A zero and B random (the initialisations swapped): no gradient reaches B at first",
+            MUTANTS, name="lora_inits_swapped", edits=(
+                ("nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # what nn.Linear does to its weight",
+                 "nn.init.zeros_(self.lora_A)"),
+                ("self.lora_B = nn.Parameter(torch.zeros(base.out_features, r))",
+                 "self.lora_B = nn.Parameter(torch.empty(base.out_features, r))\n"
+                 "        nn.init.kaiming_uniform_(self.lora_B, a=math.sqrt(5))")))
+edit_mutant("LoRALinear", "dropout on the input of both paths: the frozen pretrained path is dropped too",
+            MUTANTS, name="lora_dropout_on_base", old="return self.base(x) + self.scaling * update",
+            new="return self.base(self.dropout(x)) + self.scaling * update")
+edit_mutant("LoRALinear", "the base layer is not frozen: its weight and bias train with A and B", MUTANTS,
+            name="lora_base_not_frozen", old="        self.base.requires_grad_(False)\n", new="")
+edit_mutant("LoRALinear", "no scaling: B A x added as it is", MUTANTS, name="lora_no_scaling",
+            old="return self.base(x) + self.scaling * update", new="return self.base(x) + update")
+
+edit_mutant("add_lora", "wraps every nn.Linear, whatever target_modules says", MUTANTS, name="add_lora_every_linear",
+            old='if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in target_modules]',
+            new="if isinstance(module, nn.Linear)]")
+edit_mutant("add_lora", "freezes after wrapping: the new A and B are frozen too", MUTANTS,
+            name="add_lora_freezes_after", edits=(("    model.requires_grad_(False)\n", ""),
+                                                  ("    return model", "    model.requires_grad_(False)\n    return model")))
+edit_mutant("add_lora", "freezes nothing: the whole model still trains beside the adapters", MUTANTS,
+            name="add_lora_no_freeze", old="    model.requires_grad_(False)\n", new="")
+edit_mutant("add_lora", "wraps the layers but returns nothing (the caller's `model = add_lora(...)` is None)",
+            MUTANTS, name="add_lora_returns_none", old="    return model", new="    return None")
+
+edit_mutant("merge_lora", "merges B A without the scaling alpha / r", MUTANTS, name="merge_no_scaling",
+            old="base.weight += module.scaling * module.lora_B @ module.lora_A",
+            new="base.weight += module.lora_B @ module.lora_A")
+edit_mutant("merge_lora", "adds the transpose (A^T B^T): right shape for square layers only, wrong numbers",
+            MUTANTS, name="merge_transposed", old="base.weight += module.scaling * module.lora_B @ module.lora_A",
+            new="base.weight += module.scaling * (module.lora_B @ module.lora_A).T")
+edit_mutant("merge_lora", "merges into W but leaves the LoRALinear in place: B A is counted twice", MUTANTS,
+            name="merge_keeps_wrapper", old="        setattr(model.get_submodule(parent_name), child, base)\n", new="")
 
 # ------------------------------------------------------------------------------- align_labels_with_tokens
 edit_mutant("align_labels_with_tokens", "labels every piece of a word with the word's label", MUTANTS,
