@@ -567,6 +567,17 @@ def _set_peft(oracle, values):
                 p.copy_(values[key])
 
 
+def _peft_oracle(seed, targets, r, alpha, g):
+    """peft's LoRA on the small classifier, its A and B set to non-zero values: (oracle, values by name, ids)."""
+    from peft import LoraConfig, get_peft_model
+
+    oracle = get_peft_model(_tiny_bert(seed), LoraConfig(r=r, lora_alpha=alpha, target_modules=targets,
+                                                         lora_dropout=0.0))
+    values = _lora_values(oracle, g)
+    _set_peft(oracle, values)
+    return oracle, values, torch.randint(1, 60, (2, 7), generator=g)
+
+
 def _learner_add_lora(add_lora, seed, targets, r, alpha, values, ids):
     model = _tiny_bert(seed)
     with swapped_globals_of(add_lora, {"LoRALinear": _SpecLoRA}):
@@ -590,16 +601,10 @@ def check_add_lora(add_lora, seed=0):
     """On a small DistilBERT classifier: the same layers wrapped as peft's LoRA on those target_modules (matched by
     the layer's own name), only the LoRA matrices trainable (peft's count), and the same logits once A and B hold
     the same values. The check's LoRALinear stands in for yours."""
-    from peft import LoraConfig, get_peft_model
-
     g = generator(seed)
     for targets, r, alpha in [(["q_lin", "v_lin"], 2, 4), (["k_lin", "out_lin", "lin1"], 3 + seed % 2, 6)]:
         call = f"add_lora(DistilBertForSequenceClassification, {targets}, r={r}, alpha={alpha})"
-        oracle = get_peft_model(_tiny_bert(seed), LoraConfig(r=r, lora_alpha=alpha, target_modules=targets,
-                                                             lora_dropout=0.0))
-        values = _lora_values(oracle, g)
-        _set_peft(oracle, values)
-        ids = torch.randint(1, 60, (2, 7), generator=g)
+        oracle, values, ids = _peft_oracle(seed, targets, r, alpha, g)
         with torch.no_grad():
             want = oracle.eval()(input_ids=ids).logits
         want_wrapped = sorted({k.rsplit(".", 1)[0] for k in values})
@@ -663,16 +668,10 @@ def check_merge_lora(merge_lora, seed=0):
     """On a small DistilBERT classifier with LoRA (the check's LoRALinear, non-zero A and B) on four projections:
     no LoRALinear left, an nn.Linear in each place with the weights and biases of peft's merge_and_unload, and
     the same logits as before the merge."""
-    from peft import LoraConfig, get_peft_model
-
     g = generator(seed)
     targets, r, alpha = ["q_lin", "k_lin", "v_lin", "lin2"], 2 + seed % 2, 8
     call = f"merge_lora(DistilBertForSequenceClassification with LoRA r={r}, alpha={alpha} on {targets})"
-    oracle = get_peft_model(_tiny_bert(seed), LoraConfig(r=r, lora_alpha=alpha, target_modules=targets,
-                                                         lora_dropout=0.0))
-    values = _lora_values(oracle, g)
-    _set_peft(oracle, values)
-    ids = torch.randint(1, 60, (2, 7), generator=g)
+    oracle, values, ids = _peft_oracle(seed, targets, r, alpha, g)
     merged = oracle.merge_and_unload().eval()
     with torch.no_grad():
         want = merged(input_ids=ids).logits
