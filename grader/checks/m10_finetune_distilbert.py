@@ -547,34 +547,25 @@ def check_LoRALinear(LoRALinear, seed=0):
 
 
 def _tiny_bert(seed):
-    from transformers import DistilBertConfig, DistilBertForSequenceClassification
-
-    return build_seeded(DistilBertForSequenceClassification, seed, DistilBertConfig(
-        vocab_size=60, dim=16, n_layers=2, n_heads=2, hidden_dim=24, max_position_embeddings=32, num_labels=3))
-
-
-def _lora_values(oracle, g) -> dict:
-    """name (without peft's prefixes and adapter name) -> a non-zero value for every LoRA matrix of `oracle`."""
-    return {_norm(n).replace(".lora_A.default.weight", ".lora_A").replace(".lora_B.default.weight", ".lora_B"):
-            0.3 * torch.randn(p.shape, generator=g) for n, p in oracle.named_parameters() if "lora_" in n}
-
-
-def _set_peft(oracle, values):
-    with torch.no_grad():
-        for n, p in oracle.named_parameters():
-            key = _norm(n).replace(".lora_A.default.weight", ".lora_A").replace(".lora_B.default.weight", ".lora_B")
-            if key in values:
-                p.copy_(values[key])
+    """The small DistilBERT classifier of the other checks (_tiny_models), with weights from `seed`."""
+    _, cls, config = _tiny_models()[0]
+    return build_seeded(cls, seed, config)
 
 
 def _peft_oracle(seed, targets, r, alpha, g):
-    """peft's LoRA on the small classifier, its A and B set to non-zero values: (oracle, values by name, ids)."""
+    """peft's LoRA on the small classifier, each A and B set to a non-zero value: (oracle, values, ids), the values
+    named as the notebook's layout names them ('...q_lin.lora_A' for peft's '...q_lin.lora_A.default.weight')."""
     from peft import LoraConfig, get_peft_model
 
     oracle = get_peft_model(_tiny_bert(seed), LoraConfig(r=r, lora_alpha=alpha, target_modules=targets,
                                                          lora_dropout=0.0))
-    values = _lora_values(oracle, g)
-    _set_peft(oracle, values)
+    values = {}
+    with torch.no_grad():
+        for n, p in oracle.named_parameters():
+            if "lora_" in n:
+                key = _norm(n).replace(".lora_A.default.weight", ".lora_A").replace(".lora_B.default.weight", ".lora_B")
+                values[key] = 0.3 * torch.randn(p.shape, generator=g)
+                p.copy_(values[key])
     return oracle, values, torch.randint(1, 60, (2, 7), generator=g)
 
 
